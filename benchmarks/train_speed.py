@@ -1,0 +1,85 @@
+"""Training throughput of the default teacher on this machine, one configuration per process.
+
+Compares fixed-length padding vs length bucketing, XLA, float32 vs mixed_bfloat16, and one
+device vs MirroredStrategy over 2 logical CPU devices, all in one run so the ratios are
+comparable on a shared machine. Each configuration trains `--steps` batches after a warm-up
+pass over every bucket shape.
+
+    python benchmarks/train_speed.py --steps 60 --out benchmarks/results/train_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    "fixed-64": dict(bucket=False),
+    "bucketed": dict(bucket=True),
+    "bucketed+xla": dict(bucket=True, jit_compile=True),
+    "bucketed+bf16": dict(bucket=True, precision="mixed_bfloat16"),
+    "bucketed,2-devices": dict(bucket=True, devices=2),
+    "bucketed,2-devices,1-thread-each": dict(bucket=True, devices=2, threads=1),
+}
+
+
+def probe(name: str, steps: int) -> dict:
+    """Runs in a fresh process: devices must be set before TensorFlow starts."""
+    options = dict(CONFIGS[name])
+    threads = options.pop("threads", None)
+    from tfkit.devices import configure_devices
+
+    configure_devices(options.get("devices", 1), threads)
+    import keras
+    from tfkit.train import TrainConfig, build, prepare
+
+    config = TrainConfig(max_length=64, **{"precision": "float32", **options})
+    splits, precision = prepare(config)
+    run = build(config, splits, precision)
+    warm = run.train_ds.take(len(run.train_ds) // 4)  # covers every bucket shape once
+    run.model.fit(warm, epochs=1, verbose=0)
+    batches = run.train_ds.repeat().skip(len(run.train_ds) // 4).take(steps)
+    start = time.perf_counter()
+    run.model.fit(batches, epochs=1, verbose=0)
+    seconds = time.perf_counter() - start
+    return {"config": name, "precision": precision, "replicas": run.strategy.num_replicas_in_sync,
+            "steps": steps, "seconds": seconds, "examples_per_second": steps * config.batch_size / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--out", default="benchmarks/results/train_speed.json")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        print(json.dumps(probe(args.probe, args.steps)))
+        return
+    from tfkit.devices import cpu_flags
+
+    results = []
+    for name in args.configs.split(","):
+        out = subprocess.run([sys.executable, __file__, "--probe", name, "--steps", str(args.steps)],
+                             capture_output=True, text=True)
+        if out.returncode:
+            print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"{name:34s} {results[-1]['examples_per_second']:7.1f} examples/s", flush=True)
+    base = next((r for r in results if r["config"] == "bucketed"), None)
+    for r in results:
+        r["ratio_vs_bucketed"] = r["examples_per_second"] / base["examples_per_second"] if base else None
+    bf16 = sorted({"avx512_bf16", "amx_bf16", "avx2", "avx512f"} & cpu_flags())
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"cpu_flags": bf16, "cores": os.cpu_count(), "results": results}, f, indent=2)
+    print(f"wrote {args.out} (cpu flags: {', '.join(bf16)})")
+
+
+if __name__ == "__main__":
+    main()

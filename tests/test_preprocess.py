@@ -1,0 +1,65 @@
+"""Tokenization matches HF BERT; the tf.data pipeline buckets by length without losing examples."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import VOCAB
+from tfkit.errors import TfkitError
+from tfkit.preprocess import WordPieceTokenizer, choose_max_length, make_dataset, read_vocab
+
+TEXTS = ["good film", "", "   ", "The CAFÉ was awful.", "zzz qqq", "good " * 40]
+
+
+def test_encode_matches_transformers_bert_tokenizer():
+    transformers = pytest.importorskip("transformers")
+    tok = WordPieceTokenizer(VOCAB, lowercase=True, max_length=16)
+    ref = transformers.BertTokenizer(vocab={t: i for i, t in enumerate(VOCAB)}, do_lower_case=True)
+    x = tok.encode(tf.constant(TEXTS))
+    ids, mask = x["token_ids"].numpy(), x["padding_mask"].numpy()
+    assert ids.dtype == np.int32 and mask.dtype == np.int32
+    assert ids.shape == (len(TEXTS), 16)
+    for row, text in enumerate(TEXTS):
+        assert ids[row][mask[row] == 1].tolist() == ref(text, truncation=True, max_length=16)["input_ids"]
+        assert (ids[row][mask[row] == 0] == 0).all()
+
+
+def test_batch_is_padded_to_its_longest_text_only():
+    tok = WordPieceTokenizer(VOCAB, max_length=64)
+    assert tok.encode(tf.constant(["good", "bad film"]))["token_ids"].shape == (2, 4)
+    assert tok.encode(tf.constant(["", ""]))["token_ids"].numpy().tolist() == [[2, 3], [2, 3]]
+
+
+def test_bucketed_dataset_keeps_every_example_once():
+    tok = WordPieceTokenizer(VOCAB, max_length=24)
+    texts = [("good " * (i % 30)).strip() or "bad" for i in range(50)]
+    labels = np.arange(50)
+    ds = make_dataset(tok, texts, labels, batch_size=8, shuffle=True, seed=3)
+    seen, widths = [], set()
+    for x, y in ds:
+        widths.add(int(x["token_ids"].shape[1]))
+        lengths = x["padding_mask"].numpy().sum(1)
+        for label, n in zip(y.numpy(), lengths):
+            assert n == min(len(texts[label].split()) + 2, 24)
+        seen += y.numpy().tolist()
+    assert sorted(seen) == list(range(50))
+    assert widths <= {8, 16, 24} and len(widths) > 1
+    assert ds.cardinality() == sum(1 for _ in ds)
+
+
+def test_unbucketed_dataset_pads_to_max_length():
+    tok = WordPieceTokenizer(VOCAB, max_length=24)
+    x, _ = next(iter(make_dataset(tok, ["good"] * 5, np.zeros(5), batch_size=4, bucket=False)))
+    assert x["token_ids"].shape == (4, 24)
+
+
+def test_choose_max_length():
+    assert choose_max_length(np.array([10] * 99 + [300]), limit=512) == 16
+    assert choose_max_length(np.arange(1, 101), limit=512) == 112
+    assert choose_max_length(np.array([900] * 10), limit=512) == 512
+
+
+def test_bad_vocab(tmp_path):
+    (tmp_path / "v.txt").write_text("[PAD]\n[UNK]\nhello\n")
+    with pytest.raises(TfkitError, match="lacks \\[CLS\\], \\[SEP\\]"):
+        read_vocab(tmp_path / "v.txt")

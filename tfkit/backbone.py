@@ -1,0 +1,109 @@
+"""Pretrained BERT weights from a HuggingFace checkpoint directory into a keras-hub BertBackbone.
+
+keras-hub's own HF converter does the name mapping (`BertBackbone.from_preset(local_dir)`
+loads offline). Two differences from HF BERT are fixed here: keras-hub hard-codes the tanh
+approximation of GELU while HF BERT uses exact (erf) GELU, so `Backbone` makes the
+feed-forward activation a saved config option; and the tokenizer's casing comes from the
+checkpoint's `tokenizer_config.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import keras
+import keras_hub
+from keras_hub.src.utils.keras_utils import gelu_approximate
+
+from tfkit.errors import TfkitError
+from tfkit.preprocess import WordPieceTokenizer, read_vocab
+
+# HF `hidden_act` -> the activation that reproduces it.
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_approximate", "gelu_pytorch_tanh": "gelu_approximate", "relu": "relu"}
+REQUIRED_FILES = ("config.json", "vocab.txt", "model.safetensors")
+
+
+def _activation(name: str):
+    return gelu_approximate if name == "gelu_approximate" else keras.activations.get(name)
+
+
+@keras.saving.register_keras_serializable(package="tfkit")
+class Backbone(keras_hub.models.BertBackbone):
+    """A keras-hub `BertBackbone` with a configurable feed-forward activation.
+
+    Args:
+        hidden_activation: `gelu` (exact, as HF BERT), `gelu_approximate` (keras-hub's default) or `relu`.
+        **kwargs: `BertBackbone` arguments (vocabulary_size, num_layers, num_heads, hidden_dim, ...).
+    """
+
+    def __init__(self, *, hidden_activation: str = "gelu", **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_activation = hidden_activation
+        activation = _activation(hidden_activation)
+        for layer in self.transformer_layers:  # built by super(); Dense reads .activation at call time
+            layer.activation = activation
+            layer._feedforward_intermediate_dense.activation = activation
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "hidden_activation": self.hidden_activation}
+
+
+def _describe(error: Exception) -> str:
+    """One line for a missing tensor or a shape that disagrees with config.json."""
+    text = str(error)
+    shapes = re.search(r"variable\.shape=(\(.*?\)).*?value\.shape=(\(.*?\)).*?path=(\S+?),", text, re.S)
+    if shapes:
+        want, got, name = shapes.groups()
+        return f"tensor for {name} has shape {got} but config.json implies {want}"
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def check_checkpoint(checkpoint_dir: str | Path) -> dict:
+    """The HF config of a BERT checkpoint directory; anything missing or not BERT is a TfkitError."""
+    path = Path(checkpoint_dir)
+    if not path.is_dir():
+        raise TfkitError(f"pretrained checkpoint not found: {path} (a directory with {', '.join(REQUIRED_FILES)})")
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if missing:
+        raise TfkitError(f"pretrained checkpoint {path} lacks {', '.join(missing)}")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TfkitError(f"{path / 'config.json'} is not valid JSON: {e}") from None
+    if config.get("model_type") != "bert":
+        raise TfkitError(f"{path} is a '{config.get('model_type')}' checkpoint; tfkit loads BERT (model_type 'bert')")
+    if config.get("hidden_act", "gelu") not in HF_ACTIVATIONS:
+        raise TfkitError(f"{path}: unsupported hidden_act '{config['hidden_act']}' (supported: {', '.join(HF_ACTIVATIONS)})")
+    return config
+
+
+def load_backbone(
+    checkpoint_dir: str | Path, max_length: int = 128, dtype: str | None = None, dropout: float | None = None
+) -> tuple[Backbone, WordPieceTokenizer]:
+    """A pretrained `Backbone` and its matching tokenizer from a HF BERT checkpoint directory.
+
+    Args:
+        checkpoint_dir: holds `config.json`, `model.safetensors` and `vocab.txt` (HF layout).
+        max_length: the tokenizer's sequence length; capped at the checkpoint's position limit.
+        dtype: Keras dtype policy for the backbone, e.g. `mixed_bfloat16`.
+        dropout: the backbone's dropout rate (None keeps keras-hub's 0.1).
+    """
+    path = Path(checkpoint_dir)
+    config = check_checkpoint(path)
+    try:
+        reference = keras_hub.models.BertBackbone.from_preset(str(path))
+    except Exception as e:  # safetensors, keras-hub and Keras each raise their own kinds
+        raise TfkitError(f"cannot load {path / 'model.safetensors'}: {_describe(e)}") from None
+    kwargs = {k: v for k, v in reference.get_config().items() if k not in ("name", "trainable", "dtype")}
+    if dropout is not None:
+        kwargs["dropout"] = dropout
+    backbone = Backbone(hidden_activation=HF_ACTIVATIONS[config.get("hidden_act", "gelu")], dtype=dtype, **kwargs)
+    backbone.set_weights(reference.get_weights())
+    tokenizer_config = path / "tokenizer_config.json"
+    lowercase = json.loads(tokenizer_config.read_text()).get("do_lower_case", True) if tokenizer_config.exists() else True
+    vocab = read_vocab(path / "vocab.txt")
+    if len(vocab) != backbone.vocabulary_size:
+        raise TfkitError(f"{path}: vocab.txt has {len(vocab)} tokens but the model has {backbone.vocabulary_size}")
+    return backbone, WordPieceTokenizer(vocab, lowercase, min(max_length, backbone.max_sequence_length))

@@ -1,0 +1,136 @@
+"""The text classifier model and the model directory every later stage reads.
+
+A model directory (`models/teacher`, `models/student`) holds `model.keras` (a Keras model
+taking int32 `token_ids` and `padding_mask`, returning float32 logits), `config.json`
+(`ModelConfig`: labels, tokenizer settings, how it was trained), `vocab.txt`,
+`history.json` and `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfkit.artifacts import read_json, write_json
+from tfkit.errors import TfkitError
+from tfkit.preprocess import TokenizerConfig, WordPieceTokenizer
+
+MODEL_FILE, CONFIG_FILE = "model.keras", "config.json"
+
+
+def build_classifier(backbone: keras.Model, num_classes: int, dropout: float = 0.1, seed: int = 0) -> keras.Model:
+    """[CLS] pooled output -> dropout -> float32 logits; single-segment, so segment ids are made inside.
+
+    The head's initializer and dropout get explicit seeds so a build never depends on what
+    else consumed Python's random state first.
+    """
+    token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+    padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
+    features = backbone({"token_ids": token_ids, "segment_ids": keras.ops.zeros_like(token_ids), "padding_mask": padding_mask})
+    x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(features["pooled_output"])
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits",
+                                kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02, seed=seed))(x)
+    return keras.Model({"token_ids": token_ids, "padding_mask": padding_mask}, logits, name="text_classifier")
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The transformer backbone inside a classifier built by `build_classifier`."""
+    return next(layer for layer in model.layers if hasattr(layer, "transformer_layers"))
+
+
+@keras.saving.register_keras_serializable(package="tfkit")
+class MacroF1(keras.metrics.F1Score):
+    """Macro-averaged F1 on integer labels and logits (Keras' F1Score wants one-hot labels)."""
+
+    def __init__(self, num_classes: int, name: str = "macro_f1", **kwargs):
+        kwargs.pop("average", None), kwargs.pop("threshold", None)
+        super().__init__(average="macro", threshold=None, name=name, **kwargs)
+        self.num_classes = num_classes
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = keras.ops.one_hot(keras.ops.reshape(keras.ops.cast(y_true, "int32"), [-1]), self.num_classes)
+        return super().update_state(y_true, y_pred, sample_weight)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """config.json of a model directory: everything needed to use or reproduce the model."""
+
+    kind: str
+    labels: list[str]
+    tokenizer: TokenizerConfig
+    precision: str
+    training: dict[str, Any]
+    data: dict[str, Any]
+    tfkit_version: str = "0.1.0"
+
+
+class Classifier:
+    """A loaded model directory: the Keras model, its tokenizer and config, ready to predict."""
+
+    def __init__(self, model: keras.Model, tokenizer: WordPieceTokenizer, config: ModelConfig, path: Path | None = None):
+        self.model, self.tokenizer, self.config, self.path = model, tokenizer, config, path
+
+    @property
+    def labels(self) -> list[str]:
+        return self.config.labels
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> "Classifier":
+        path = Path(model_dir)
+        if not (path / MODEL_FILE).is_file():
+            raise TfkitError(f"not a tfkit model directory: {path} (no {MODEL_FILE}); train one with `tfkit train`")
+        config = read_json(path / CONFIG_FILE, ModelConfig)
+        try:
+            model = keras.saving.load_model(path / MODEL_FILE, compile=False)
+        except Exception as e:  # a truncated or foreign file: Keras raises many kinds
+            raise TfkitError(f"cannot load {path / MODEL_FILE}: {str(e).splitlines()[0][:200]}") from None
+        return cls(model, WordPieceTokenizer.from_config(config.tokenizer, path), config, path)
+
+    def save(self, directory: str | Path) -> None:
+        """Writes model, config and vocab into `directory` (callers make it atomic)."""
+        self.model.save(Path(directory) / MODEL_FILE)
+        write_json(Path(directory) / CONFIG_FILE, self.config)
+        self.tokenizer.save_vocab(directory)
+
+    def predict_logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return predict_logits(self.model, self.tokenizer, texts, batch_size)
+
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return tf.nn.softmax(self.predict_logits(texts, batch_size)).numpy()
+
+
+def predict_logits(model: keras.Model, tokenizer: WordPieceTokenizer, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Logits in input order; texts are batched by length so padding stays small.
+
+    A plain `tf.function` rather than `predict_on_batch`: inference needs no distribution
+    strategy, and under MirroredStrategy predict_on_batch returned each replica's copy.
+    """
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    order = np.argsort(tokenizer.lengths(texts), kind="stable")
+    out = np.zeros([len(texts), model.output_shape[-1]], np.float32)
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        out[idx] = forward(tokenizer.encode(tf.constant([texts[i] for i in idx]))).numpy()
+    return out
+
+
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray, label_names: list[str]) -> dict:
+    """Accuracy, macro-F1 and per-class F1 (named), as saved in metrics.json."""
+    from sklearn.metrics import f1_score
+
+    ids = list(range(len(label_names)))
+    per_class = f1_score(labels, predictions, labels=ids, average=None, zero_division=0)
+    return {
+        "accuracy": float(np.mean(labels == predictions)),
+        "macro_f1": float(np.mean(per_class)),
+        "per_class_f1": {name: float(f) for name, f in zip(label_names, per_class)},
+    }

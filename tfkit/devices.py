@@ -1,0 +1,77 @@
+"""Where and in what precision training runs: logical CPU devices, the strategy, bf16 or not.
+
+One code path serves 1 or N devices: training always runs under `strategy.scope()`; with one
+device that is TensorFlow's default strategy. `--devices N` splits the CPU into N logical
+devices so MirroredStrategy really mirrors on a CPU-only machine (and tests can prove it).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import tensorflow as tf
+
+from tfkit.errors import TfkitError
+
+log = logging.getLogger("tfkit")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where it does not exist)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def has_native_bf16() -> bool:
+    """bf16 matmuls run in hardware (AVX-512 BF16, AMX, or a GPU); elsewhere bf16 is emulated and slower."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) or bool(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` becomes `mixed_bfloat16` where bf16 is native, else `float32`."""
+    if precision not in PRECISIONS:
+        raise TfkitError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
+    if precision == "auto":
+        return "mixed_bfloat16" if has_native_bf16() else "float32"
+    return precision
+
+
+def configure_devices(devices: int = 1, threads: int | None = None) -> None:
+    """Splits the CPU into at least `devices` logical devices; must run before TensorFlow executes an op.
+
+    Args:
+        threads: intra-op threads for the whole process (None leaves TensorFlow's default).
+    """
+    if devices < 1:
+        raise TfkitError(f"--devices must be at least 1 (got {devices})")
+    if devices == 1 or tf.config.list_physical_devices("GPU"):
+        return
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * devices)
+    except RuntimeError:  # TensorFlow already started: fine if it has enough devices
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have < devices:
+            raise TfkitError(f"cannot use {devices} devices: TensorFlow already started with {have}") from None
+
+
+def make_strategy(devices: int = 1) -> tf.distribute.Strategy:
+    """MirroredStrategy over all GPUs, or over `devices` logical CPUs; the default strategy for one CPU."""
+    if tf.config.list_logical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()
+    if devices > 1:
+        # Collective all-gather of sparse (embedding) gradients fails when a remainder batch splits
+        # unevenly across replicas ("Shape mismatch in the collective"); reducing on one device does not.
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")[:devices]]
+        return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    return tf.distribute.get_strategy()
