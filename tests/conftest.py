@@ -20,7 +20,7 @@ POSITIVE = ["good", "great", "fine", "superb", "lovely"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring"]
 NEUTRAL = ["the", "movie", "film", "plot", "was", "a", "very", "cast", "and", "café"]
 LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["é", "."]
-VOCAB = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + POSITIVE + NEGATIVE + NEUTRAL[:-1] + LETTERS + ["##" + c for c in LETTERS]))
+VOCAB = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + POSITIVE + NEGATIVE + NEUTRAL[:-1] + ["zebra", "quantum"] + LETTERS + ["##" + c for c in LETTERS]))
 
 TINY_BERT = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
 

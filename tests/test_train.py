@@ -1,6 +1,8 @@
 """Fine-tuning end to end on a tiny random BERT: CLI, artifacts, determinism, MirroredStrategy."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -38,6 +40,12 @@ def test_train_writes_a_complete_model_dir_that_predicts(tmp_path, sentiment_csv
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["label"] for line in lines] == ["pos", "neg"]
     assert abs(sum(lines[0]["probabilities"].values()) - 1) < 1e-3
+
+    # A fresh process, as a user runs it: load_model must find tfkit's registered layers.
+    fresh = subprocess.run([sys.executable, "-m", "tfkit.cli", "predict", str(out), "--file", "-"],
+                           input="a good film\nawful and dull\n", capture_output=True, text=True)
+    assert fresh.returncode == 0, fresh.stderr[-500:]
+    assert [line.split("\t")[0] for line in fresh.stdout.splitlines()] == ["pos", "neg"]
 
 
 def test_same_seed_same_metrics(tmp_path, sentiment_csv, tiny_checkpoint):

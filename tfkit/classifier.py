@@ -9,6 +9,7 @@ taking int32 `token_ids` and `padding_mask`, returning float32 logits), `config.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfkit.artifacts import read_json, write_json
+from tfkit.backbone import Backbone  # noqa: F401  (registers tfkit>Backbone so load_model finds it)
 from tfkit.errors import TfkitError
 from tfkit.preprocess import TokenizerConfig, WordPieceTokenizer
 
@@ -108,13 +110,21 @@ class Classifier:
         return tf.nn.softmax(self.predict_logits(texts, batch_size)).numpy()
 
 
+_FORWARD: "weakref.WeakKeyDictionary[keras.Model, tf.types.experimental.GenericFunction]" = weakref.WeakKeyDictionary()
+
+
+_FORWARD = weakref.WeakKeyDictionary()  # one traced inference function per model
+
+
 def predict_logits(model: keras.Model, tokenizer: WordPieceTokenizer, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Logits in input order; texts are batched by length so padding stays small.
 
     A plain `tf.function` rather than `predict_on_batch`: inference needs no distribution
     strategy, and under MirroredStrategy predict_on_batch returned each replica's copy.
     """
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    if model not in _FORWARD:
+        _FORWARD[model] = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    forward = _FORWARD[model]
     order = np.argsort(tokenizer.lengths(texts), kind="stable")
     out = np.zeros([len(texts), model.output_shape[-1]], np.float32)
     for start in range(0, len(texts), batch_size):

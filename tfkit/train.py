@@ -229,6 +229,7 @@ def save_model_dir(classifier: Classifier, out: str | Path, history: dict, metri
     classifier.model.compile(loss=classifier.model.loss)  # drop optimizer slots: the saved model is for inference
     with atomic_dir(out) as tmp:
         classifier.save(tmp)
+        metrics["model_bytes"] = (tmp / "model.keras").stat().st_size
         write_json(tmp / "history.json", {k: [float(v) for v in vs] for k, vs in history.items()})
         write_json(tmp / "metrics.json", metrics)
     log.info("wrote %s", out)

@@ -1,0 +1,49 @@
+"""`tfkit distill`: compress a teacher model directory into a small student."""
+
+from __future__ import annotations
+
+import argparse
+
+from tfkit.commands import add_config_arguments, config_from_args
+
+HELP = {
+    "teacher": "teacher model directory (default: %(default)s)",
+    "student": "student preset: tiny (2x128), mini (4x256), small (4x512), from-teacher (teacher width, copied layers)",
+    "layers": "student layers (overrides the preset)", "hidden": "student width (overrides the preset)",
+    "heads": "attention heads (overrides the preset)", "intermediate": "feed-forward width (overrides the preset)",
+    "temperature": "softmax temperature of the soft targets, > 0 (default: %(default)s)",
+    "alpha": "weight of the hard-label loss in [0, 1]; the soft loss gets 1 - alpha (default: %(default)s)",
+    "trim_vocab": "keep only word pieces the training data uses, plus single characters and specials (default: on)",
+    "recompute_teacher": "run the teacher every step instead of caching its logits once",
+    "baseline": "also train the same student on hard labels only, for comparison (default: on)",
+    "data": "distill on this data instead of the teacher's own (same columns; labels must match the teacher's)",
+    "devices": "split the CPU into N logical devices and train with MirroredStrategy",
+}
+
+
+def add_distill_arguments(parser: argparse.ArgumentParser, skip=()) -> None:
+    from tfkit.distill import DistillConfig
+
+    add_config_arguments(parser, DistillConfig, HELP, skip)
+
+
+def distill_command_parser(subparsers) -> None:
+    parser = subparsers.add_parser("distill", help="distill a teacher into a small, fast student")
+    add_distill_arguments(parser)
+    parser.add_argument("--out", default="models/student", help="model directory to write (default: %(default)s)")
+    parser.set_defaults(func=distill_command)
+
+
+def distill_command(args: argparse.Namespace) -> int:
+    from tfkit.distill import DistillConfig, distill
+
+    print(summary(args.out, distill(config_from_args(args, DistillConfig), args.out)))
+    return 0
+
+
+def summary(path: str, m: dict) -> str:
+    line = (f"{path}: test accuracy {m['test']['accuracy']:.4f} (teacher {m['teacher']['test']['accuracy']:.4f}, "
+            f"{100 * m['accuracy_retained']:.1f}% retained), {m['compression']:.1f}x fewer parameters")
+    if "hard_label_baseline" in m:
+        line += f"; hard-label baseline {m['hard_label_baseline']['test']['accuracy']:.4f}"
+    return line
