@@ -25,7 +25,7 @@ def teacher_dir(tmp_path_factory, tiny_checkpoint):
     root = tmp_path_factory.mktemp("distill")
     data = write_csv(root / "reviews.csv", synthetic_rows())
     train(TrainConfig(data=data, pretrained=tiny_checkpoint, epochs=6, patience=6, batch_size=16,
-                      learning_rate=5e-3, warmup_ratio=0.0), root / "teacher")
+                      learning_rate=5e-3, warmup_ratio=0.0, precision="float32"), root / "teacher")
     return str(root / "teacher")
 
 
@@ -144,3 +144,4 @@ def test_bad_distill_input_exits_2_and_writes_nothing(tmp_path, teacher_dir, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("tfkit: error: ") and message in err[-1], err
     assert not out.exists()
+

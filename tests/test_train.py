@@ -12,7 +12,8 @@ from tfkit.cli import main
 from tfkit.classifier import Classifier
 from tfkit.train import TrainConfig, build, prepare, train
 
-FAST = dict(epochs=2, batch_size=16, learning_rate=5e-3, warmup_ratio=0.0)
+# float32: numerics tests must not depend on whether this CPU has native bf16 (`auto` would pick it).
+FAST = dict(epochs=2, batch_size=16, learning_rate=5e-3, warmup_ratio=0.0, precision="float32")
 
 
 def tiny_config(data, checkpoint, **overrides):

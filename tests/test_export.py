@@ -1,0 +1,238 @@
+"""Export end to end on a tiny trained model: every format run by its real runtime, the gate, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import synthetic_rows, write_csv
+from tfkit.classifier import Classifier
+from tfkit.cli import main
+from tfkit.export import FORMATS, ExportError, export, float32_model
+from tfkit.runtimes import LiteRT, OnnxRuntime
+from tfkit.train import TrainConfig, train
+from tfkit.verify import NonFiniteError, ParityError, Reference, Thresholds, compare, verify
+
+ROOT = Path(__file__).resolve().parents[1]
+HARD_TEXTS = ["a good film", "", "   ", "café naïve CAFÉ", "電影 很好 🎬", "awful " * 40, "GOOD. Superb!", "zebra\tquantum\n"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_checkpoint):
+    """A tiny teacher that has learned the task (confident predictions, so label parity is meaningful)."""
+    root = tmp_path_factory.mktemp("export")
+    data = write_csv(root / "reviews.csv", synthetic_rows())
+    config = TrainConfig(data=data, pretrained=tiny_checkpoint, epochs=8, patience=8, batch_size=16,
+                         learning_rate=5e-3, warmup_ratio=0.0, precision="float32")
+    train(config, root / "teacher")
+    return root / "teacher"
+
+
+@pytest.fixture(scope="module")
+def exported(model_dir):
+    """Every format, exported once for the module."""
+    out = model_dir.parent / "exported"
+    return out, export(model_dir, out, progress=False)
+
+
+@pytest.fixture(scope="module")
+def classifier(model_dir):
+    return Classifier.load(model_dir)
+
+
+def test_every_format_is_written_verified_and_listed(exported, classifier):
+    out, manifest = exported
+    assert list(manifest["artifacts"]) == list(FORMATS) and manifest["failed"] == {}
+    assert sorted(manifest["files"]) == sorted([f.file for f in FORMATS.values()] + ["vocab.txt"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*manifest["files"], "manifest.json"])
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert not list(out.parent.glob(".exported*")), "temporary directories left behind"
+    import hashlib
+
+    for name, entry in manifest["files"].items():
+        data = (out / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert manifest["model"]["labels"] == ["neg", "pos"] and manifest["model"]["max_length"] == 16
+    assert manifest["tokenizer"]["lowercase"] is True and manifest["verification"]["texts"] == 24
+    assert set(manifest["tools"]) >= {"tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert",
+                                      "tensorflow-text", "onnxruntime-extensions"}
+    for key, a in manifest["artifacts"].items():
+        assert a["texts"] == 24 and np.isfinite(a["max_abs_diff"])
+        if FORMATS[key].precision == "fp32":
+            assert a["max_abs_diff"] <= 1e-4 and a["label_agreement"] == 1.0, key
+        assert a["label_agreement"] >= 0.99 and abs(a["accuracy"] - manifest["verification"]["keras_accuracy"]) <= 0.01, key
+        assert a["outputs"] == [{"name": "probabilities", "dtype": "float32", "shape": [None, 2]}], key
+        if FORMATS[key].text:
+            assert a["inputs"] == [{"name": "texts", "dtype": "string", "shape": [None]}], key
+        else:  # dynamic batch and sequence, and the runtime really ran lengths 8 and max
+            assert a["inputs"] == [{"name": n, "dtype": "int32", "shape": [None, None]} for n in ("padding_mask", "token_ids")], key
+            assert {"batch1_length8", "batch1_length16"} <= set(a["latency_ms"]), key
+
+
+def test_labels_and_settings_are_in_every_file(exported):
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from classify_tflite import read_metadata
+    finally:
+        sys.path.pop(0)
+    out, manifest = exported
+    for key, fmt in FORMATS.items():
+        path = out / fmt.file
+        meta = ({n: read_metadata(str(path), n) for n in ("labels", "tfkit")} if fmt.runtime == "tflite"
+                else OnnxRuntime(path, fmt.text).metadata())
+        assert meta["labels"] == "neg\npos", key
+        info = json.loads(meta["tfkit"])
+        assert info["format"] == key and info["labels"] == ["neg", "pos"] and info["tokenizer"]["max_length"] == 16
+
+
+def test_string_in_models_match_keras_on_hard_text(exported, classifier):
+    """Empty, whitespace-only, accented, CJK/emoji and over-length text, in one batch and one at a time."""
+    out, _ = exported
+    keras = classifier.predict_proba(HARD_TEXTS)
+    for fmt, runtime, tolerance in (("tflite-text", LiteRT, 1e-4), ("onnx-text", OnnxRuntime, 1e-4), ("tflite-text-int8", LiteRT, 5e-2)):
+        model = runtime(out / FORMATS[fmt].file, text=True)
+        batch = model.predict(HARD_TEXTS)
+        single = np.concatenate([model.predict([t]) for t in HARD_TEXTS])
+        assert np.abs(batch - keras).max() <= tolerance, fmt
+        assert np.abs(single - keras).max() <= tolerance, fmt
+
+
+def test_id_models_take_any_batch_and_length(exported):
+    out, _ = exported
+    for fmt in ("tflite-fp32", "onnx"):
+        model = (LiteRT if FORMATS[fmt].runtime == "tflite" else OnnxRuntime)(out / FORMATS[fmt].file)
+        for batch, length in ((1, 3), (5, 8), (2, 16)):
+            ids = np.full([batch, length], 5, np.int32)
+            p = model.predict({"token_ids": ids, "padding_mask": np.ones_like(ids)})
+            assert p.shape == (batch, 2) and np.allclose(p.sum(1), 1, atol=1e-5), (fmt, batch, length)
+
+
+@pytest.mark.parametrize("script, file", [("classify_tflite.py", "model_text.tflite"), ("classify_onnx.py", "model_text.onnx")])
+def test_example_scripts_classify_like_keras(exported, classifier, script, file):
+    out, _ = exported
+    texts = ["a good film", "awful and dull"]
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / script), str(out / file), *texts],
+                          capture_output=True, text=True, cwd="/")  # cwd: tfkit must not be importable
+    assert done.returncode == 0, done.stderr[-800:]
+    labels = [line.split("\t")[0] for line in done.stdout.splitlines()]
+    assert labels == [classifier.labels[i] for i in classifier.predict_proba(texts).argmax(1)] == ["pos", "neg"]
+
+
+def test_cli_exports_selected_formats_with_a_summary(model_dir, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["export", str(model_dir), "--out", str(out), "--formats", "tflite-int8, tflite-fp32"]) == 0
+    table = capsys.readouterr().out
+    assert "tflite-fp32" in table and "tflite-int8" in table and "max|dp|" in table
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["artifacts"]) == ["tflite-fp32", "tflite-int8"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model_fp32.tflite", "model_int8.tflite", "vocab.txt"]
+
+
+def test_gate_removes_a_file_whose_converter_dropped_the_weights(model_dir, tmp_path, monkeypatch, capsys):
+    """TFLiteConverter.from_keras_model on a Keras 3 model loses the weights: the gate must catch it."""
+    import tensorflow as tf
+
+    from tfkit.export import Builder
+
+    real = Builder.tflite
+
+    def broken(self, fmt):
+        if fmt.quantize != "none":
+            return real(self, fmt)
+        return tf.lite.TFLiteConverter.from_keras_model(self.classifier.model).convert()
+
+    monkeypatch.setattr(Builder, "tflite", broken)
+    out = tmp_path / "gated"
+    code = main(["export", str(model_dir), "--out", str(out), "--formats", "tflite-fp32,tflite-int8"])
+    captured = capsys.readouterr()
+    assert code == 2
+    error = captured.err.strip().splitlines()[-1]
+    assert error.startswith("tfkit: error: 1 of 2 format(s) failed") and "model_fp32.tflite" in error
+    assert "FAILED" in captured.out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["artifacts"]) == ["tflite-int8"] and list(manifest["failed"]) == ["tflite-fp32"]
+    assert not (out / "model_fp32.tflite").exists() and (out / "model_int8.tflite").exists()
+    assert "model_fp32.tflite" not in manifest["files"]
+
+
+def test_gate_names_file_metric_threshold_and_value(exported, classifier, tmp_path):
+    """A model that is slightly off (perturbed weights) fails the fp32 gate with a typed error."""
+    out, _ = exported
+    test = _test_examples(classifier)
+    reference = Reference.build(classifier, test)
+    assert verify(out / "model_fp32.tflite", "tflite", False, "fp32", reference)["label_agreement"] == 1.0
+
+    import keras
+
+    from tfkit.export import Builder
+
+    model = keras.models.clone_model(classifier.model)
+    rng = np.random.default_rng(0)
+    model.set_weights([w + rng.normal(0, 0.01, w.shape).astype(w.dtype) for w in classifier.model.get_weights()])
+    perturbed = Classifier(model, classifier.tokenizer, classifier.config)
+    path = tmp_path / "model_fp32.tflite"
+    path.write_bytes(Builder(perturbed, tmp_path, test.texts).tflite(FORMATS["tflite-fp32"]))
+    with pytest.raises(ParityError) as caught:
+        verify(path, "tflite", False, "fp32", reference)
+    e = caught.value
+    assert e.metric == "max abs probability difference" and e.threshold == 1e-4 and e.value > 1e-4
+    assert str(e).startswith(f"model_fp32.tflite: max abs probability difference {e.value:.4g} > threshold 0.0001")
+
+
+def test_compare_thresholds(classifier):
+    test = _test_examples(classifier)
+    reference = Reference.build(classifier, test)
+    n = len(test.texts)
+    flipped = reference.probabilities.copy()
+    flipped[0] = flipped[0][::-1]  # one label of 24 changes: agreement 95.8% < 99%
+    with pytest.raises(ParityError, match=r"label agreement 0\.9583 < threshold 0\.99 \(vs the Keras model on 24"):
+        compare("m.onnx", flipped, reference, Thresholds(agreement=0.99))
+    assert compare("m.onnx", flipped, reference, Thresholds(max_abs_diff=1.0))["label_agreement"] == (n - 1) / n
+    broken = reference.probabilities.copy()
+    broken[3, 1] = np.nan
+    with pytest.raises(NonFiniteError, match="m.tflite: 1 NaN/Inf"):
+        compare("m.tflite", broken, reference, Thresholds())
+
+
+def test_float32_copy_of_a_mixed_precision_model(tiny_checkpoint):
+    from tfkit.backbone import load_backbone
+    from tfkit.classifier import build_classifier
+
+    backbone, _ = load_backbone(tiny_checkpoint, 16, dtype="mixed_bfloat16")
+    mixed = build_classifier(backbone, 2)
+    copy = float32_model(mixed)
+    assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
+    assert all(np.array_equal(a, b) for a, b in zip(copy.get_weights(), mixed.get_weights()))
+    backbone32, _ = load_backbone(tiny_checkpoint, 16, dtype="float32")
+    reference = build_classifier(backbone32, 2)
+    reference.set_weights(mixed.get_weights())
+    ids = np.array([[2, 7, 9, 3]], np.int32)
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    np.testing.assert_allclose(copy(x).numpy(), reference(x).numpy(), atol=1e-6)
+    assert float32_model(reference) is reference
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{missing}"], "not a tfkit model directory"),
+    (["{model}", "--formats", "tflite-fp32,coreml"], "unknown format 'coreml'"),
+    (["{model}", "--out", "{file}/out"], "cannot write to"),
+])
+def test_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)  # the default output directory would be ./export/<name>
+    (tmp_path / "file").write_text("not a directory")
+    paths = {"missing": tmp_path / "no-model", "model": model_dir, "file": tmp_path / "file"}
+    code = main(["export", *[a.format(**paths) for a in args]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("tfkit: error: ") and message in err[-1], err
+    assert not (tmp_path / "export").exists()
+
+
+def _test_examples(classifier):
+    from tfkit.data import load_splits
+
+    d = classifier.config.data
+    return load_splits(d["source"], d["val"], d["test"], d["text_column"], d["label_column"], d["split_seed"],
+                       label_names=classifier.labels).test

@@ -1,0 +1,27 @@
+"""`tfkit run`, the main job: teacher, then student, then the student's verified export."""
+
+import json
+
+from tfkit.cli import main
+from tfkit.export import FORMATS
+
+
+def test_run_trains_teacher_distills_student_and_exports_it(tmp_path, sentiment_csv, tiny_checkpoint, capsys):
+    code = main(["run", "--data", sentiment_csv, "--pretrained", tiny_checkpoint, "--models", str(tmp_path / "models"),
+                 "--export", str(tmp_path / "export"), "--epochs", "1", "--batch-size", "16", "--learning-rate", "5e-3",
+                 "--precision", "float32", "--distill-epochs", "1", "--formats", "tflite-int8,onnx-text"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "teacher: test accuracy" in out and "retained" in out and "tflite-int8" in out and "onnx-text" in out
+    student = json.loads((tmp_path / "models" / "student" / "config.json").read_text())
+    assert student["training"]["teacher"] == str(tmp_path / "models" / "teacher")
+    manifest = json.loads((tmp_path / "export" / "student" / "manifest.json").read_text())
+    assert manifest["model"]["source"] == str(tmp_path / "models" / "student") and manifest["failed"] == {}
+    assert sorted(manifest["files"]) == sorted([FORMATS["tflite-int8"].file, FORMATS["onnx-text"].file, "vocab.txt"])
+
+
+def test_run_rejects_an_unknown_format_before_training(tmp_path, sentiment_csv, tiny_checkpoint, capsys):
+    code = main(["run", "--data", sentiment_csv, "--pretrained", tiny_checkpoint, "--models", str(tmp_path / "models"),
+                 "--formats", "tflite-fp32,coreml"])
+    assert code == 2 and "unknown format 'coreml'" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "models").exists()

@@ -1,0 +1,120 @@
+"""ONNX graph edits for export: a tf2onnx gap, readable dimensions, int8 weights, the string-in front end.
+
+The string-in model puts onnxruntime-extensions' `BertTokenizer` (vocabulary inside) in front
+of the classifier. That op takes one string per call and neither pads nor batches, so an
+ONNX `Loop` runs it once per text, pads each row to the max length and stacks the rows;
+the batch is then cut to its longest row, as `WordPieceTokenizer.encode` does, so short
+texts stay cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from tfkit.preprocess import WordPieceTokenizer
+
+CONTRIB = "ai.onnx.contrib"  # onnxruntime-extensions' op domain
+
+
+def erfc_as_erf(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrites Erfc(x) as 1 - Erf(x): exact GELU is erfc-based in TF, and tf2onnx 1.17 leaves Erfc unconverted."""
+    nodes, one = [], "tfkit_erfc_one"
+    for node in model.graph.node:
+        if node.op_type == "Erfc" and node.domain in ("", "ai.onnx"):
+            erf = node.output[0] + "_erf"
+            nodes += [helper.make_node("Erf", [node.input[0]], [erf], name=node.name + "_erf"),
+                      helper.make_node("Sub", [one, erf], [node.output[0]], name=node.name)]
+        else:
+            nodes.append(node)
+    if len(nodes) != len(model.graph.node):
+        model.graph.initializer.append(numpy_helper.from_array(np.array(1, np.float32), one))
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return model
+
+
+def name_dimensions(model: onnx.ModelProto) -> None:
+    """Names the dynamic input/output dimensions `batch` and `sequence` (tf2onnx writes unk__123)."""
+    for value in [*model.graph.input, *model.graph.output]:
+        for dim, name in zip(value.type.tensor_type.shape.dim, ("batch", "sequence")):
+            if not dim.HasField("dim_value"):
+                dim.dim_param = name
+
+
+def quantize_int8(model: onnx.ModelProto, scratch: Path) -> onnx.ModelProto:
+    """int8 MatMul weights, per channel, with ONNX Runtime's dynamic quantization (activations quantized at run time).
+
+    Measured on the real teacher: per-channel weights agree with float32 on 98.3% of labels
+    against 94.9% per tensor; also quantizing the embedding Gather saves 35 MB but cost
+    another 0.5 points of agreement at the same speed.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, target = scratch / "quantize_in.onnx", scratch / "quantize_out.onnx"
+    onnx.save(model, source)
+    silenced = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # its advice to pre-process first: the graph is quantized as tf2onnx wrote it
+    try:
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+    finally:
+        logging.disable(silenced)
+    return onnx.load(target)
+
+
+def tokenizer_graph(tokenizer: WordPieceTokenizer, ir_version: int) -> onnx.ModelProto:
+    """`texts` string [batch] -> int32 `token_ids`, `padding_mask` [batch, longest], as `tokenizer.encode` makes them."""
+    from onnxruntime_extensions import gen_processing_models
+
+    length = tokenizer.max_length
+    single, _ = gen_processing_models("BertTokenizer", pre_kwargs={
+        "vocab": "\n".join(tokenizer.vocab), "do_lower_case": int(tokenizer.lowercase),
+        "strip_accents": int(tokenizer.lowercase), "max_length": length})
+    op = single.graph.node[0]
+    # Three outputs, not four: with offset_mapping also requested, inside a Loop the ids of
+    # non-ASCII texts came back as offsets (onnxruntime-extensions 0.15.2).
+    bert = helper.make_node(op.op_type, ["text"], ["ids", "type_ids", "mask"], name="bert_tokenizer", domain=CONTRIB)
+    bert.attribute.extend(op.attribute)
+    const = lambda name, value: helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value, np.int64), name))
+    body = helper.make_graph(
+        [const("zero", [0]), const("max_length", [length]),
+         helper.make_node("Unsqueeze", ["i", "zero"], ["i_1d"]),
+         helper.make_node("Gather", ["texts", "i_1d"], ["text"], axis=0),
+         bert,
+         helper.make_node("Shape", ["ids"], ["ids_length"]),
+         helper.make_node("Sub", ["max_length", "ids_length"], ["pad_right"]),
+         helper.make_node("Concat", ["zero", "pad_right"], ["pads"], axis=0),
+         helper.make_node("Pad", ["ids", "pads", "pad_id"], ["ids_row"]),
+         helper.make_node("Pad", ["mask", "pads"], ["mask_row"]),
+         helper.make_node("Identity", ["keep_going"], ["keep_going_out"])],
+        "tokenize_one_text",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("keep_going", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("keep_going_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("ids_row", TensorProto.INT64, [length]),
+         helper.make_tensor_value_info("mask_row", TensorProto.INT64, [length])])
+    graph = helper.make_graph(
+        [const("pad_id", tokenizer.pad_id), const("start", [0]), const("axis", [1]),
+         helper.make_node("Shape", ["texts"], ["batch_1d"]),
+         helper.make_node("Squeeze", ["batch_1d"], ["batch"]),
+         helper.make_node("Loop", ["batch", ""], ["ids_rows", "mask_rows"], body=body),
+         helper.make_node("ReduceSum", ["mask_rows", "axis"], ["lengths"], keepdims=0),
+         helper.make_node("ReduceMax", ["lengths"], ["longest"], keepdims=1),
+         helper.make_node("Slice", ["ids_rows", "start", "longest", "axis"], ["ids_64"]),
+         helper.make_node("Slice", ["mask_rows", "start", "longest", "axis"], ["mask_64"]),
+         helper.make_node("Cast", ["ids_64"], ["token_ids"], to=TensorProto.INT32),
+         helper.make_node("Cast", ["mask_64"], ["padding_mask"], to=TensorProto.INT32)],
+        "tokenizer",
+        [helper.make_tensor_value_info("texts", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info(name, TensorProto.INT32, ["batch", "sequence"]) for name in ("token_ids", "padding_mask")])
+    opsets = [helper.make_operatorsetid("", 17), helper.make_operatorsetid(CONTRIB, 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=ir_version)
+
+
+def with_tokenizer(classifier: onnx.ModelProto, tokenizer: WordPieceTokenizer) -> onnx.ModelProto:
+    """The classifier with the tokenizer graph merged in front: strings in, probabilities out."""
+    front = tokenizer_graph(tokenizer, classifier.ir_version)
+    return onnx.compose.merge_models(front, classifier, io_map=[("token_ids", "token_ids"), ("padding_mask", "padding_mask")])
