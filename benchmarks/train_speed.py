@@ -23,8 +23,8 @@ CONFIGS = {
     "fixed-64": dict(bucket=False),
     "bucketed": dict(bucket=True),
     "bucketed+bf16": dict(bucket=True, precision="mixed_bfloat16"),
-    "bucketed,2-devices": dict(bucket=True, devices=2),
-    "bucketed,2-devices,1-thread-each": dict(bucket=True, devices=2, threads=1),
+    "bucketed+2-devices": dict(bucket=True, devices=2),
+    "bucketed+2-devices+1-thread-each": dict(bucket=True, devices=2, threads=1),
     "bucketed+xla": dict(bucket=True, jit_compile=True),
 }
 DEFAULT = [name for name in CONFIGS if "xla" not in name]

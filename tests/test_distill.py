@@ -12,7 +12,8 @@ from tests.conftest import VOCAB, synthetic_rows, write_csv
 from tfkit.backbone import Backbone
 from tfkit.classifier import Classifier, backbone_of, build_classifier
 from tfkit.cli import main
-from tfkit.distill import DistillConfig, Distiller, distill, teacher_logits
+from tfkit.distill import (DistillConfig, Distiller, augment_texts, distill, hidden_layer_map, hidden_state_loss, teacher_logits,
+                           with_hidden_states)
 from tfkit.errors import TfkitError
 from tfkit.student import layer_map, make_student, student_shape, student_tokenizer, trim_vocab
 from tfkit.train import TrainConfig, train
@@ -65,6 +66,53 @@ def test_recomputed_teacher_gives_the_cached_loss():
     assert not teacher.trainable
 
 
+def test_hidden_states_share_the_classifier_weights_and_forward_pass():
+    model = tiny_classifier(seed=3)
+    taps = with_hidden_states(model)
+    x = {"token_ids": np.array([[2, 5, 7, 3]], "int32"), "padding_mask": np.ones([1, 4], "int32")}
+    logits, hidden = taps(x)[0], taps(x)[1:]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(logits), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
+    assert len(hidden) == 1 and tuple(hidden[0].shape) == (1, 4, 8)
+    assert {id(w) for w in taps.weights} == {id(w) for w in model.weights}
+    assert hidden_layer_map(6, 2) == [2, 5] and hidden_layer_map(6, 3) == [1, 3, 5] and hidden_layer_map(4, 4) == [0, 1, 2, 3]
+
+
+def test_hidden_state_loss_ignores_padding():
+    student = [np.array([[[1.0, 2.0], [3.0, 4.0], [50.0, 50.0]]], "float32")]
+    teacher = [np.array([[[1.0, 0.0], [3.0, 1.0], [0.0, 0.0]]], "float32")]
+    mask = np.array([[1, 1, 0]], "int32")  # the third token is padding: its huge error must not count
+    expected = (2.0**2 + 3.0**2) / (2 * 2)
+    assert float(hidden_state_loss(student, teacher, mask)) == pytest.approx(expected)
+
+
+def test_distiller_adds_the_hidden_loss_through_a_projection():
+    teacher = tiny_classifier(seed=1)
+    keras.utils.set_random_seed(2)
+    narrow = build_classifier(Backbone(vocabulary_size=30, num_layers=1, num_heads=2, hidden_dim=4, intermediate_dim=8,
+                                       max_sequence_length=16), 3, dropout=0.0)
+    x = {"token_ids": np.array([[2, 5, 7, 3], [2, 9, 3, 0]], "int32"), "padding_mask": np.array([[1, 1, 1, 1], [1, 1, 1, 0]], "int32")}
+    y = {"label": np.array([0, 2]), "teacher_logits": keras.ops.convert_to_numpy(teacher(x))}
+    plain = Distiller(narrow, alpha=0.5)
+    hidden = Distiller(narrow, teacher=teacher, alpha=0.5, hidden_weight=2.0)
+    y_pred = hidden(x)
+    assert len(y_pred) == 2 and tuple(y_pred[1].shape) == (2, 4, 4)
+    mse = hidden_state_loss([hidden.projection(y_pred[1])], [with_hidden_states(teacher)(x)[1]], x["padding_mask"])
+    total = float(hidden.compute_loss(x, y, y_pred))
+    assert total == pytest.approx(float(plain.compute_loss(x, y, y_pred[0])) + 2.0 * float(mse), rel=1e-5)
+    with tf.GradientTape() as tape:
+        loss = hidden.compute_loss(x, y, hidden(x))
+    grads = tape.gradient(loss, hidden.projection.trainable_weights + teacher.trainable_weights)
+    assert all(g is not None for g in grads[:2]) and not teacher.trainable  # projection learns; teacher frozen
+
+
+def test_augmented_texts_drop_words_reproducibly():
+    texts = ["a b c d e f g h", "single"]
+    a, b = augment_texts(texts, 2, seed=0), augment_texts(texts, 2, seed=0)
+    assert a == b and len(a) == 4 and a[1] == a[3] == "single"
+    assert all(set(v.split()) <= set(t.split()) for v, t in zip(a, texts * 2))
+    assert a[0] != texts[0] and a[0] != a[2]
+
+
 def test_cached_logits_equal_fresh_ones(teacher_dir):
     teacher = Classifier.load(teacher_dir)
     texts = ["good film", "the plot was dull", "", "café " * 30]
@@ -93,6 +141,9 @@ def test_from_teacher_student_copies_evenly_spaced_layers(tiny_checkpoint):
 
     teacher, _ = load_backbone(tiny_checkpoint)
     assert layer_map(6, 2) == [0, 5] and layer_map(6, 3) == [0, 2, 5]
+    for depth, half in ((6, 3), (5, 3), (2, 1), (1, 1)):  # the default: half the teacher's layers, rounded up
+        fake = type("Teacher", (), dict(num_layers=depth, hidden_dim=16, num_heads=2, intermediate_dim=32))
+        assert student_shape(fake, "from-teacher").num_layers == half
     student = make_student(teacher, student_shape(teacher, "from-teacher", layers=1))
     for a, b in zip(student.get_layer("transformer_layer_0").get_weights(), teacher.get_layer("transformer_layer_0").get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -107,10 +158,18 @@ def test_distill_writes_student_with_comparisons(tmp_path, teacher_dir):
     assert config["kind"] == "student" and config["labels"] == ["neg", "pos"]
     assert metrics["parameters"] < metrics["teacher"]["parameters"] and metrics["compression"] > 1
     assert metrics["vocab_size"] < len(VOCAB)  # trimmed
-    for key in ("test", "teacher", "hard_label_baseline", "accuracy_retained", "teacher_agreement", "distill_epoch_cost_ratio", "model_bytes"):
+    for key in ("test", "teacher", "hard_label_baseline", "accuracy_retained", "teacher_agreement", "distill_cost_ratio", "train_texts", "model_bytes"):
         assert key in metrics
     student = Classifier.load(tmp_path / "student")
     assert student.predict_proba(["good", "awful"]).shape == (2, 2)
+
+
+def test_distill_with_augmentation_and_hidden_loss(tmp_path, teacher_dir):
+    metrics = distill(DistillConfig(teacher=teacher_dir, layers=1, augment=1, hidden_loss=1.0, **{**FAST, "epochs": 1}), tmp_path / "s")
+    assert metrics["train_texts"] == 2 * metrics["split_sizes"]["train"]
+    config = json.loads((tmp_path / "s" / "config.json").read_text())["training"]
+    assert config["augment"] == 1 and config["hidden_loss"] == 1.0
+    assert Classifier.load(tmp_path / "s").model.count_params() == metrics["parameters"]  # no projection inside
 
 
 def test_distill_on_two_devices(tmp_path, teacher_dir):
@@ -131,6 +190,8 @@ def test_recompute_teacher_path_trains(tmp_path, teacher_dir):
         (["--alpha", "1.5"], "--alpha must be in [0, 1]"),
         (["--layers", "3"], "from-teacher --layers must be 1..2"),
         (["--student", "huge"], "unknown student preset 'huge'"),
+        (["--hidden-loss", "-1"], "--hidden-loss must be 0 (off) or positive"),
+        (["--augment", "-2"], "--augment must be 0 (off) or a positive number of copies"),
         (["--data", "{tmp}/other.csv"], "label(s) the model does not know: bad"),
         (["--teacher", "{tmp}/broken"], "cannot load"),
     ],

@@ -11,7 +11,8 @@ import pytest
 from tests.conftest import synthetic_rows, write_csv
 from tfkit.classifier import Classifier
 from tfkit.cli import main
-from tfkit.export import FORMATS, ExportError, export, float32_model
+from tfkit.data import Examples
+from tfkit.export import DEFAULT_FORMATS, FORMATS, export, float32_model, parse_formats
 from tfkit.runtimes import LiteRT, OnnxRuntime
 from tfkit.train import TrainConfig, train
 from tfkit.verify import NonFiniteError, ParityError, Reference, Thresholds, compare, verify
@@ -35,7 +36,7 @@ def model_dir(tmp_path_factory, tiny_checkpoint):
 def exported(model_dir):
     """Every format, exported once for the module."""
     out = model_dir.parent / "exported"
-    return out, export(model_dir, out, progress=False)
+    return out, export(model_dir, out, "all", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,8 @@ def test_every_format_is_written_verified_and_listed(exported, classifier):
             assert a["max_abs_diff"] <= 1e-4 and a["label_agreement"] == 1.0, key
         assert a["label_agreement"] >= 0.99 and abs(a["accuracy"] - manifest["verification"]["keras_accuracy"]) <= 0.01, key
         assert a["outputs"] == [{"name": "probabilities", "dtype": "float32", "shape": [None, 2]}], key
+        if key == "onnx-text":  # its own tokenizer: on this vocabulary it splits every test text as tf-text does
+            assert a["tokenization_agreement"] == 1.0 and a["tokenization_mismatches"] == []
         if FORMATS[key].text:
             assert a["inputs"] == [{"name": "texts", "dtype": "string", "shape": [None]}], key
         else:  # dynamic batch and sequence, and the runtime really ran lengths 8 and max
@@ -180,6 +183,32 @@ def test_gate_names_file_metric_threshold_and_value(exported, classifier, tmp_pa
     e = caught.value
     assert e.metric == "max abs probability difference" and e.threshold == 1e-4 and e.value > 1e-4
     assert str(e).startswith(f"model_fp32.tflite: max abs probability difference {e.value:.4g} > threshold 0.0001")
+
+
+def test_default_formats_leave_out_full_integer_int8():
+    assert parse_formats(None) == DEFAULT_FORMATS and "tflite-int8-full" not in DEFAULT_FORMATS
+    assert parse_formats("all") == list(FORMATS)
+    assert parse_formats("tflite-int8-full") == ["tflite-int8-full"]
+
+
+def test_onnx_text_gate_reads_the_files_own_tokenizer(exported, classifier):
+    """onnxruntime-extensions keeps '…' and turns 'ž' into [UNK] where tf-text makes '...' and 'z'."""
+    out, _ = exported
+    diverging = ["a good film…", "žižek was dull"]
+    texts = diverging + [f"the film was {w}" for w in ("good", "bad", "superb", "awful", "fine", "poor")] * 4
+    examples = Examples(texts, np.array([1, 0] + [1, 0] * 12), classifier.labels)
+    reference = Reference.build(classifier, examples)
+    path = out / FORMATS["onnx-text"].file
+    assert OnnxRuntime(path, text=True).token_ids(["a good film"]).tolist() == [reference.encode(["a good film"])["token_ids"][0].tolist()]
+    with pytest.raises(ParityError, match=r"model_text.onnx: tokenization agreement with tf-text 0\.9231 < threshold 0\.99"):
+        verify(path, "onnx", True, "ort-tokenizer", reference)
+    loose = Thresholds(max_abs_diff=1e-4, tokenization=0.9)
+    import tfkit.verify
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(tfkit.verify.THRESHOLDS, "ort-tokenizer", loose)
+        result = verify(path, "onnx", True, "ort-tokenizer", reference)
+    assert result["tokenization_mismatches"] == diverging and result["max_abs_diff"] <= 1e-4  # parity on the rest
 
 
 def test_compare_thresholds(classifier):

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tfkit.cli import main
 from tfkit.export import FORMATS
 
@@ -13,6 +15,7 @@ def test_run_trains_teacher_distills_student_and_exports_it(tmp_path, sentiment_
     assert code == 0
     out = capsys.readouterr().out
     assert "teacher: test accuracy" in out and "retained" in out and "tflite-int8" in out and "onnx-text" in out
+    assert "wall time: teacher" in out.splitlines()[-1]
     student = json.loads((tmp_path / "models" / "student" / "config.json").read_text())
     assert student["training"]["teacher"] == str(tmp_path / "models" / "teacher")
     manifest = json.loads((tmp_path / "export" / "student" / "manifest.json").read_text())
@@ -20,8 +23,12 @@ def test_run_trains_teacher_distills_student_and_exports_it(tmp_path, sentiment_
     assert sorted(manifest["files"]) == sorted([FORMATS["tflite-int8"].file, FORMATS["onnx-text"].file, "vocab.txt"])
 
 
-def test_run_rejects_an_unknown_format_before_training(tmp_path, sentiment_csv, tiny_checkpoint, capsys):
-    code = main(["run", "--data", sentiment_csv, "--pretrained", tiny_checkpoint, "--models", str(tmp_path / "models"),
-                 "--formats", "tflite-fp32,coreml"])
-    assert code == 2 and "unknown format 'coreml'" in capsys.readouterr().err.strip().splitlines()[-1]
+@pytest.mark.parametrize("args, message", [
+    (["--formats", "tflite-fp32,coreml"], "unknown format 'coreml'"),
+    (["--student", "huge"], "unknown student preset 'huge'"),
+    (["--distill-epochs", "0"], "--distill-epochs must be at least 1 (got 0)"),
+])
+def test_run_rejects_bad_settings_before_training(tmp_path, sentiment_csv, tiny_checkpoint, capsys, args, message):
+    code = main(["run", "--data", sentiment_csv, "--pretrained", tiny_checkpoint, "--models", str(tmp_path / "models"), *args])
+    assert code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "models").exists()

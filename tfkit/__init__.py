@@ -16,6 +16,8 @@ _LAZY = {
     "Classifier": "tfkit.classifier", "build_classifier": "tfkit.classifier", "MacroF1": "tfkit.classifier",
     "TrainConfig": "tfkit.train", "train": "tfkit.train", "make_optimizer": "tfkit.train",
     "configure_devices": "tfkit.devices", "make_strategy": "tfkit.devices",
+    "Distiller": "tfkit.distill", "DistillConfig": "tfkit.distill",
+    "FORMATS": "tfkit.export", "ExportError": "tfkit.export", "VerificationError": "tfkit.verify",
 }
 
 

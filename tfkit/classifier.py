@@ -110,9 +110,6 @@ class Classifier:
         return tf.nn.softmax(self.predict_logits(texts, batch_size)).numpy()
 
 
-_FORWARD: "weakref.WeakKeyDictionary[keras.Model, tf.types.experimental.GenericFunction]" = weakref.WeakKeyDictionary()
-
-
 _FORWARD = weakref.WeakKeyDictionary()  # one traced inference function per model
 
 

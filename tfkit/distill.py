@@ -6,6 +6,11 @@ logits are computed once per training example and carried in the tf.data targets
 distillation epoch costs what a hard-label epoch costs. The KD term itself is Keras'
 `LogitsDistillation` (KL at temperature T, scaled by T^2). Passing `teacher=` instead of
 cached logits recomputes them each step (for inputs that change every epoch).
+
+Two optional levers: hidden-state transfer (TinyBERT's MSE between each student layer and a
+teacher layer, through one learned projection when the widths differ; it needs the teacher's
+hidden states, so the teacher runs every step), and teacher-labelled augmentation (word-dropped
+copies of the training texts, labelled once by the teacher and cached like the rest).
 """
 
 from __future__ import annotations
@@ -42,36 +47,108 @@ class Distiller(keras.Model):
         teacher: optional frozen teacher, used only when the targets carry no logits.
         temperature: softens both distributions; > 0.
         alpha: weight of the hard-label loss, in [0, 1]; 1 trains on labels only.
+        hidden_weight: weight of the hidden-state MSE (0 = off); needs `teacher`. Student layer i
+            imitates teacher layer `hidden_layer_map(...)[i]`; `call` then also returns hidden states.
     """
 
     def __init__(self, student: keras.Model, teacher: keras.Model | None = None, temperature: float = 3.0,
-                 alpha: float = 0.5, **kwargs):
+                 alpha: float = 0.5, hidden_weight: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        check_distill_args(temperature, alpha)
+        check_distill_args(temperature, alpha, hidden_weight)
         self.student, self.teacher, self.temperature, self.alpha = student, teacher, temperature, alpha
+        self.hidden_weight = hidden_weight
         if teacher is not None:
             teacher.trainable = False
         # An explicit KLDivergence instance: Keras 3.15 turns the default "kl_divergence" string into
         # a plain function, which skips LogitsDistillation's softmax + T^2 branch (KL on raw logits).
         self.kd = keras.distillation.LogitsDistillation(temperature=temperature, loss=keras.losses.KLDivergence())
         self.hard = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if hidden_weight:
+            if teacher is None:
+                raise ValueError("hidden-state transfer needs the `teacher` model")
+            s, t = backbone_of(student), backbone_of(teacher)
+            self.layer_pairs = hidden_layer_map(t.num_layers, s.num_layers)
+            self.student_taps, self.teacher_taps = with_hidden_states(student), with_hidden_states(teacher)
+            # One projection shared by all layers, as in TinyBERT; trained here, not part of the student.
+            self.projection = None
+            if s.hidden_dim != t.hidden_dim:
+                self.projection = keras.layers.Dense(t.hidden_dim, name="hidden_projection")
+                self.projection.build((None, None, s.hidden_dim))
 
     def call(self, inputs, training=False):
+        if self.hidden_weight:
+            return self.student_taps(inputs, training=training)
         return self.student(inputs, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         labels, teacher_logits = _split_targets(y)
-        if teacher_logits is None:
+        logits = y_pred[0] if self.hidden_weight else y_pred
+        if self.hidden_weight:
+            teacher_out = [keras.ops.stop_gradient(t) for t in self.teacher_taps(x, training=False)]
+            teacher_logits = teacher_out[0] if teacher_logits is None else teacher_logits
+        elif teacher_logits is None:
             if self.teacher is None:
                 raise ValueError("Distiller needs cached `teacher_logits` in the targets or a `teacher` model")
             teacher_logits = keras.ops.stop_gradient(self.teacher(x, training=False))
-        loss = self.alpha * self.hard(labels, y_pred)
+        loss = self.alpha * self.hard(labels, logits)
         if self.alpha < 1:
-            loss = loss + (1 - self.alpha) * self.kd.compute_loss(keras.ops.cast(teacher_logits, "float32"), y_pred)
+            loss = loss + (1 - self.alpha) * self.kd.compute_loss(keras.ops.cast(teacher_logits, "float32"), logits)
+        if self.hidden_weight:
+            teacher_hidden = [teacher_out[1 + j] for j in self.layer_pairs]
+            loss = loss + self.hidden_weight * hidden_state_loss(y_pred[1:], teacher_hidden, x["padding_mask"], self.projection)
         return loss + keras.ops.sum(self.losses) if self.losses else loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        return super().compute_metrics(x, _split_targets(y)[0], y_pred, sample_weight)
+        return super().compute_metrics(x, _split_targets(y)[0], y_pred[0] if self.hidden_weight else y_pred, sample_weight)
+
+
+def hidden_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
+    """The teacher layer each student layer imitates: the last of each equal block ((6, 2) -> [2, 5])."""
+    return [(i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)]
+
+
+def with_hidden_states(classifier: keras.Model) -> keras.Model:
+    """The classifier's inputs -> [logits, the output of each transformer layer], in one forward pass.
+
+    Wires the layers of a `build_classifier` model to more outputs, so it shares every weight.
+    """
+    backbone = backbone_of(classifier)
+    taps = keras.Model(backbone.input, [backbone.output["pooled_output"], *(layer.output for layer in backbone.transformer_layers)])
+    inputs = classifier.input
+    pooled, *hidden = taps({"token_ids": inputs["token_ids"], "segment_ids": keras.ops.zeros_like(inputs["token_ids"]),
+                            "padding_mask": inputs["padding_mask"]})
+    logits = classifier.get_layer("logits")(classifier.get_layer("head_dropout")(pooled))
+    return keras.Model(inputs, [logits, *hidden])
+
+
+def hidden_state_loss(student_hidden, teacher_hidden, padding_mask, projection=None):
+    """Mean squared error between paired hidden states over real (not padding) tokens, averaged over pairs."""
+    mask = keras.ops.expand_dims(keras.ops.cast(padding_mask, "float32"), -1)
+    tokens = keras.ops.maximum(keras.ops.sum(mask), 1.0)
+    total = 0.0
+    for s, t in zip(student_hidden, teacher_hidden):
+        s = keras.ops.cast(s, "float32")
+        s = projection(s) if projection is not None else s
+        total = total + keras.ops.sum(keras.ops.square(s - keras.ops.cast(t, "float32")) * mask) / (tokens * t.shape[-1])
+    return total / len(student_hidden)
+
+
+def augment_texts(texts: list[str], copies: int, seed: int = 0, drop: float = 0.15) -> list[str]:
+    """`copies` variants of every text with each word dropped with probability `drop` (at least one word kept).
+
+    Word dropout keeps the text natural enough for the teacher to label it; the variants are
+    returned copy by copy (all of copy 0, then all of copy 1, ...).
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(copies):
+        for text in texts:
+            words = text.split()
+            keep = rng.random(len(words)) >= drop
+            if not keep.any():
+                keep[rng.integers(len(words))] = True
+            out.append(" ".join(w for w, k in zip(words, keep) if k))
+    return out
 
 
 def _split_targets(y):
@@ -80,11 +157,15 @@ def _split_targets(y):
     return y, None
 
 
-def check_distill_args(temperature: float, alpha: float) -> None:
+def check_distill_args(temperature: float, alpha: float, hidden_loss: float = 0.0, augment: int = 0) -> None:
     if not temperature > 0:
         raise TfkitError(f"--temperature must be positive (got {temperature})")
     if not 0 <= alpha <= 1:
         raise TfkitError(f"--alpha must be in [0, 1] (got {alpha})")
+    if not hidden_loss >= 0:
+        raise TfkitError(f"--hidden-loss must be 0 (off) or positive (got {hidden_loss})")
+    if augment < 0:
+        raise TfkitError(f"--augment must be 0 (off) or a positive number of copies (got {augment})")
 
 
 @dataclasses.dataclass
@@ -107,11 +188,22 @@ class DistillConfig:
     dropout: float = 0.1
     patience: int = 2
     trim_vocab: bool = True
+    hidden_loss: float = 0.0  # weight of the hidden-state MSE; 0 = off
+    augment: int = 0  # teacher-labelled word-dropped copies of each training text
     recompute_teacher: bool = False
     baseline: bool = True
     data: str | None = None  # None = the teacher's own data and split
     seed: int = 0
     devices: int = 1
+
+    def validate(self) -> None:
+        """Fails on settings that are wrong whatever the teacher (checked before any work)."""
+        check_distill_args(self.temperature, self.alpha, self.hidden_loss, self.augment)
+        if self.student not in PRESETS:
+            raise TfkitError(f"unknown student preset '{self.student}' (choose from {', '.join(PRESETS)})")
+        for name in ("epochs", "batch_size", "devices"):
+            if getattr(self, name) < 1:
+                raise TfkitError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
 
 
 def teacher_logits(teacher: Classifier, texts: list[str]) -> np.ndarray:
@@ -121,9 +213,7 @@ def teacher_logits(teacher: Classifier, texts: list[str]) -> np.ndarray:
 
 def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
     """Distills the teacher model dir into a student model dir `out`; returns its metrics."""
-    check_distill_args(config.temperature, config.alpha)
-    if config.student not in PRESETS:
-        raise TfkitError(f"unknown student preset '{config.student}' (choose from {', '.join(PRESETS)})")
+    config.validate()
     check_writable(out)
     configure_devices(config.devices)
     teacher = Classifier.load(config.teacher)
@@ -135,59 +225,71 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
     log.info("student %s %s, vocab %d of %d", config.student, dataclasses.asdict(shape), len(tokenizer.vocab),
              len(teacher.tokenizer.vocab))
 
-    log.info("caching teacher logits for %d training texts", len(splits.train))
-    targets = {name: {"label": part.labels, "teacher_logits": teacher_logits(teacher, part.texts)}
-               for name, part in (("train", splits.train), ("val", splits.val))}
-    if config.recompute_teacher:
-        targets = {name: {"label": t["label"]} for name, t in targets.items()}
-    teacher_test = classification_metrics(splits.test.labels, teacher.predict_logits(splits.test.texts).argmax(-1), teacher.labels)
-
-    runs = {"distilled": config.alpha}
-    if config.baseline:
-        runs["hard_labels"] = 1.0
-    results, students = {}, {}
-    for name, alpha in runs.items():
+    log.info("caching teacher logits for %d training texts", len(splits.train) * (1 + config.augment))
+    train = {"texts": splits.train.texts, "label": splits.train.labels, "teacher_logits": teacher_logits(teacher, splits.train.texts)}
+    val = {"texts": splits.val.texts, "label": splits.val.labels, "teacher_logits": teacher_logits(teacher, splits.val.texts)}
+    runs = {"distilled": (config.alpha, config.hidden_loss, _with_augmented(train, teacher, config))}
+    if config.baseline:  # the same student without a teacher: hard labels of the original texts
+        runs["hard_labels"] = (1.0, 0.0, train)
+    live_teacher = config.recompute_teacher or config.hidden_loss > 0
+    results = {}
+    for name, (alpha, hidden_loss, data) in runs.items():
         keras.utils.set_random_seed(config.seed)
         strategy = make_strategy(config.devices)
+        targets = lambda d: {"label": d["label"]} if config.recompute_teacher else {k: d[k] for k in ("label", "teacher_logits")}
         with strategy.scope():
             student = build_classifier(make_student(backbone_of(teacher.model), shape, keep, config.dropout, config.seed),
                                        len(teacher.labels), config.dropout, config.seed)
-            train_ds = make_dataset(tokenizer, splits.train.texts, targets["train"], config.batch_size, shuffle=True, seed=config.seed)
-            val_ds = make_dataset(tokenizer, splits.val.texts, targets["val"], config.batch_size)
-            model = Distiller(student, teacher.model if config.recompute_teacher else None, config.temperature, alpha)
+            train_ds = make_dataset(tokenizer, data["texts"], targets(data), config.batch_size, shuffle=True, seed=config.seed)
+            val_ds = make_dataset(tokenizer, val["texts"], targets(val), config.batch_size)
+            model = Distiller(student, teacher.model if live_teacher else None, config.temperature, alpha, hidden_loss)
             model.compile(optimizer=make_optimizer(config.learning_rate, config.epochs * len(train_ds), config.warmup_ratio,
                                                    config.weight_decay),
                           metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), MacroF1(len(teacher.labels))])
-        log.info("training the %s student (alpha %.2f, T %.1f)", name.replace("_", "-"), alpha, config.temperature)
+        log.info("training the %s student on %d texts (alpha %.2f, T %.1f, hidden loss %g)", name.replace("_", "-"),
+                 len(data["texts"]), alpha, config.temperature, hidden_loss)
         timer = EpochTimer()
         history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=fit_verbosity(), shuffle=False,
                             callbacks=[timer, early_stopping(config.patience)])
-        students[name] = (student, history.history)
-        results[name] = {"epoch_seconds": timer.seconds}
+        results[name] = {"student": student, "history": history.history, "epoch_seconds": timer.seconds,
+                         "seconds_per_example": float(np.mean(timer.seconds)) / len(data["texts"])}
 
     model_config = ModelConfig(kind="student", labels=teacher.labels, tokenizer=tokenizer.config(),
                                precision="float32", training=dataclasses.asdict(config),
                                data={**teacher.config.data, "student_shape": dataclasses.asdict(shape)})
-    student, history = students["distilled"]
-    classifier = Classifier(student, tokenizer, model_config)
-    metrics = {**evaluate(classifier, splits), "teacher": {"test": teacher_test, "parameters": teacher.model.count_params(),
-                                                           "model_bytes": os.path.getsize(Path(config.teacher) / "model.keras")}}
-    metrics["parameters"] = student.count_params()
+    classifier = Classifier(results["distilled"]["student"], tokenizer, model_config)
+    teacher_test = teacher.predict_logits(splits.test.texts).argmax(-1)
+    metrics = {**evaluate(classifier, splits),
+               "teacher": {"test": classification_metrics(splits.test.labels, teacher_test, teacher.labels),
+                           "parameters": teacher.model.count_params(),
+                           "model_bytes": os.path.getsize(Path(config.teacher) / "model.keras")}}
+    metrics["parameters"] = classifier.model.count_params()
     metrics["compression"] = metrics["teacher"]["parameters"] / metrics["parameters"]
-    metrics["accuracy_retained"] = metrics["test"]["accuracy"] / teacher_test["accuracy"]
-    metrics["teacher_agreement"] = float(np.mean(classifier.predict_logits(splits.test.texts).argmax(-1)
-                                                 == teacher.predict_logits(splits.test.texts).argmax(-1)))
+    metrics["accuracy_retained"] = metrics["test"]["accuracy"] / metrics["teacher"]["test"]["accuracy"]
+    metrics["teacher_agreement"] = float(np.mean(classifier.predict_logits(splits.test.texts).argmax(-1) == teacher_test))
     metrics["epoch_seconds"] = results["distilled"]["epoch_seconds"]
+    metrics["train_texts"] = len(runs["distilled"][2]["texts"])
     metrics["vocab_size"] = len(tokenizer.vocab)
-    if "hard_labels" in students:
-        baseline = Classifier(students["hard_labels"][0], tokenizer, model_config)
+    if "hard_labels" in results:
+        baseline = Classifier(results["hard_labels"]["student"], tokenizer, model_config)
         metrics["hard_label_baseline"] = {
             "test": classification_metrics(splits.test.labels, baseline.predict_logits(splits.test.texts).argmax(-1), teacher.labels),
             "epoch_seconds": results["hard_labels"]["epoch_seconds"],
         }
-        metrics["distill_epoch_cost_ratio"] = float(np.mean(metrics["epoch_seconds"]) / np.mean(results["hard_labels"]["epoch_seconds"]))
-    save_model_dir(classifier, out, history, metrics)
+        # Per training example, so augmented epochs (more texts) compare fairly: the teacher's overhead only.
+        metrics["distill_cost_ratio"] = results["distilled"]["seconds_per_example"] / results["hard_labels"]["seconds_per_example"]
+    save_model_dir(classifier, out, results["distilled"]["history"], metrics)
     return metrics
+
+
+def _with_augmented(train: dict, teacher: Classifier, config: DistillConfig) -> dict:
+    """The training texts plus `config.augment` word-dropped copies, labelled by the teacher (argmax and logits)."""
+    if not config.augment:
+        return train
+    texts = augment_texts(train["texts"], config.augment, config.seed)
+    logits = teacher_logits(teacher, texts)
+    return {"texts": train["texts"] + texts, "label": np.concatenate([train["label"], logits.argmax(-1).astype(np.int32)]),
+            "teacher_logits": np.concatenate([train["teacher_logits"], logits])}
 
 
 def _teacher_splits(teacher: Classifier, config: DistillConfig):

@@ -83,7 +83,8 @@ class OnnxRuntime(Runtime):
     def __init__(self, path: str | Path, text: bool = False, threads: int = 1):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
+        self.path = str(path)
+        self.options = options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = threads
         if text:
             import onnxruntime_extensions
@@ -101,6 +102,17 @@ class OnnxRuntime(Runtime):
         if not isinstance(inputs, dict):
             inputs = {"texts": np.asarray(inputs, dtype=object)}
         return self.session.run(["probabilities"], inputs)[0]
+
+    def token_ids(self, texts: list[str]) -> np.ndarray:
+        """What a string-in file's own tokenizer makes of `texts`: its internal `token_ids`, exposed as an output."""
+        if not hasattr(self, "_tokens"):
+            import onnx
+            import onnxruntime as ort
+
+            model = onnx.load(self.path)
+            model.graph.output.append(onnx.helper.make_tensor_value_info("token_ids", onnx.TensorProto.INT32, None))
+            self._tokens = ort.InferenceSession(model.SerializeToString(), self.options, providers=["CPUExecutionProvider"])
+        return self._tokens.run(["token_ids"], {"texts": np.asarray(texts, dtype=object)})[0]
 
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)

@@ -1,7 +1,8 @@
 """Student models: shapes by preset, initialised from the teacher, with an optional trimmed vocabulary.
 
 A student at the teacher's width copies the teacher's embeddings and an evenly spaced subset
-of its layers (`from-teacher`), so it starts pretrained. A narrower student cannot copy
+of its layers (`from-teacher`, half the teacher's depth unless told: DistilBERT's recipe, and
+the best student measured on the default data), so it starts pretrained. A narrower student cannot copy
 layers, but its embeddings start as the teacher's projected onto their top principal
 components, which keeps the lexical knowledge that a 10k-example dataset cannot teach.
 Vocabulary trimming keeps the word pieces the training texts use, every single-character
@@ -22,7 +23,7 @@ PRESETS = {
     "tiny": dict(num_layers=2, hidden_dim=128, num_heads=2, intermediate_dim=512),
     "mini": dict(num_layers=4, hidden_dim=256, num_heads=4, intermediate_dim=1024),
     "small": dict(num_layers=4, hidden_dim=512, num_heads=8, intermediate_dim=2048),
-    "from-teacher": dict(num_layers=2),  # teacher width; layers copied from the teacher
+    "from-teacher": dict(),  # teacher width, half its layers (rounded up), copied from the teacher
 }
 
 
@@ -39,7 +40,7 @@ def student_shape(teacher: Backbone, preset: str, layers: int | None = None, hid
     """The preset's shape with any explicit overrides; `from-teacher` takes the teacher's width."""
     if preset not in PRESETS:
         raise TfkitError(f"unknown student preset '{preset}' (choose from {', '.join(PRESETS)})")
-    base = {"hidden_dim": teacher.hidden_dim, "num_heads": teacher.num_heads,
+    base = {"num_layers": (teacher.num_layers + 1) // 2, "hidden_dim": teacher.hidden_dim, "num_heads": teacher.num_heads,
             "intermediate_dim": teacher.intermediate_dim, **PRESETS[preset]}
     given = {"num_layers": layers, "hidden_dim": hidden, "num_heads": heads, "intermediate_dim": intermediate}
     shape = StudentShape(**{k: v if v is not None else base[k] for k, v in given.items()})

@@ -8,12 +8,14 @@ from tfkit.commands import add_config_arguments, config_from_args
 
 HELP = {
     "teacher": "teacher model directory (default: %(default)s)",
-    "student": "student preset: tiny (2x128), mini (4x256), small (4x512), from-teacher (teacher width, copied layers)",
+    "student": "student preset: tiny (2x128), mini (4x256), small (4x512), from-teacher (default: teacher width, half its layers, copied)",
     "layers": "student layers (overrides the preset)", "hidden": "student width (overrides the preset)",
     "heads": "attention heads (overrides the preset)", "intermediate": "feed-forward width (overrides the preset)",
     "temperature": "softmax temperature of the soft targets, > 0 (default: %(default)s)",
     "alpha": "weight of the hard-label loss in [0, 1]; the soft loss gets 1 - alpha (default: %(default)s)",
     "trim_vocab": "keep only word pieces the training data uses, plus single characters and specials (default: on)",
+    "hidden_loss": "weight of the hidden-state MSE between student and teacher layers; 0 = off (default). Runs the teacher every step",
+    "augment": "teacher-labelled word-dropped copies of each training text to add; 0 = off (default: %(default)s)",
     "recompute_teacher": "run the teacher every step instead of caching its logits once",
     "baseline": "also train the same student on hard labels only, for comparison (default: on)",
     "data": "distill on this data instead of the teacher's own (same columns; labels must match the teacher's)",

@@ -6,13 +6,14 @@ import argparse
 
 
 def export_command_parser(subparsers) -> None:
-    from tfkit.export import FORMATS
+    from tfkit.export import DEFAULT_FORMATS, FORMATS
 
     parser = subparsers.add_parser("export", help="export to TFLite and ONNX, verified against the Keras model")
     parser.add_argument("model_dir", help="a tfkit model directory, e.g. models/teacher")
     parser.add_argument("--out", help="output directory (default: export/<model dir name>)")
     parser.add_argument("--formats", metavar="LIST",
-                        help=f"comma-separated formats (default: all): {', '.join(FORMATS)}")
+                        help=f"comma-separated formats, or all (default: {', '.join(DEFAULT_FORMATS)}; "
+                             f"also: {', '.join(k for k in FORMATS if k not in DEFAULT_FORMATS)})")
     parser.set_defaults(func=export_command)
 
 
@@ -46,6 +47,11 @@ def summary(manifest: dict) -> str:
     rows += [(key, "-", "-", "-", "-", "-", "-", "FAILED") for key in manifest["failed"]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    for a in manifest["artifacts"].values():
+        if a.get("tokenization_agreement", 1.0) < 1.0:
+            lines.append(f"{a['file']}: its tokenizer (onnxruntime-extensions) split {100 * (1 - a['tokenization_agreement']):.2f}% "
+                         f"of test texts differently from tf-text, e.g. {a['tokenization_mismatches'][0][:60]!r}; "
+                         "max|dp| is over the rest")
     v = manifest["verification"]
     lines.append(f"verified on {v['texts']} test texts against the float32 Keras model "
                  f"(accuracy {v['keras_accuracy']:.4f}, macro-F1 {v['keras_macro_f1']:.4f})")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from tfkit.commands import distill as distill_command
 from tfkit.commands import export as export_command
 from tfkit.commands import train as train_command
+from tfkit.errors import TfkitError
 
 
 def run_command_parser(subparsers) -> None:
@@ -17,7 +19,7 @@ def run_command_parser(subparsers) -> None:
     parser.add_argument("--distill-epochs", type=int, default=None, help="student epochs (default: distill's default)")
     parser.add_argument("--models", default="models", help="where model directories go (default: %(default)s)")
     parser.add_argument("--export", default="export", help="where exported files go (default: %(default)s)")
-    parser.add_argument("--formats", metavar="LIST", help="formats to export (default: all)")
+    parser.add_argument("--formats", metavar="LIST", help="formats to export, as for `tfkit export` (default: its default)")
     parser.set_defaults(func=run_command)
 
 
@@ -27,10 +29,18 @@ def run_command(args: argparse.Namespace) -> int:
     from tfkit.train import train
 
     parse_formats(args.formats)  # a typo fails now, not after an hour of training
+    if args.distill_epochs is not None and args.distill_epochs < 1:
+        raise TfkitError(f"--distill-epochs must be at least 1 (got {args.distill_epochs})")
     teacher_dir, student_dir = Path(args.models) / "teacher", Path(args.models) / "student"
-    print(train_command.summary(str(teacher_dir), train(train_command.training_config(args), teacher_dir)))
-    extra = {"epochs": args.distill_epochs} if args.distill_epochs else {}
+    extra = {"epochs": args.distill_epochs} if args.distill_epochs is not None else {}
     config = DistillConfig(teacher=str(teacher_dir), student=args.student, seed=args.seed, devices=args.devices, **extra)
+    config.validate()
+    minutes, start = {}, time.perf_counter()
+    print(train_command.summary(str(teacher_dir), train(train_command.training_config(args), teacher_dir)))
+    minutes["teacher"], start = (time.perf_counter() - start) / 60, time.perf_counter()
     print(distill_command.summary(str(student_dir), distill(config, student_dir)))
+    minutes["student"], start = (time.perf_counter() - start) / 60, time.perf_counter()
     export_command.run_export(student_dir, Path(args.export) / "student", args.formats)
+    minutes["export"] = (time.perf_counter() - start) / 60
+    print("wall time: " + ", ".join(f"{stage} {m:.1f} min" for stage, m in minutes.items()) + f"; total {sum(minutes.values()):.1f} min")
     return 0

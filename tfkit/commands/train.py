@@ -18,7 +18,7 @@ HELP = {
     "max_length": "tokens per text incl. [CLS]/[SEP] (default: covers 99%% of training texts, a multiple of 16)",
     "learning_rate": "peak learning rate (default: 5e-5, or 1e-3 with --freeze-backbone)",
     "devices": "split the CPU into N logical devices and train with MirroredStrategy (GPUs: all are used)",
-    "precision": "auto (default) = mixed_bfloat16 where the CPU has native bf16 (AVX-512 BF16/AMX) or a GPU, else float32",
+    "precision": "auto (default) = mixed_bfloat16 on AMX CPUs or a GPU, where it is faster; float32 elsewhere",
     "freeze_backbone": "train only the classification head (feature extraction)",
     "bucket": "batch texts of similar length together (default on; --no-bucket pads every batch to --max-length)",
     "jit_compile": "compile train steps with XLA",

@@ -1,0 +1,133 @@
+"""Which student to ship: distill several candidates from one teacher and compare them in one run.
+
+Each candidate is a `tfkit.distill.distill` call (same teacher, split and seed); the table reports
+validation accuracy (what the default is chosen on), test accuracy, accuracy retained, label
+agreement with the teacher, parameters, training time, and Keras CPU throughput relative to the
+teacher. Throughput is measured after all training, in one pass, best of 5, so every ratio comes
+from the same quiet minutes of a shared machine. Writes JSON, a Markdown table and a plot.
+
+    python benchmarks/distill_sweep.py --teacher models/teacher --out benchmarks/results/distill_sweep
+    python benchmarks/distill_sweep.py --candidates from-teacher-2,tiny --epochs 2   # a quicker look
+    python benchmarks/distill_sweep.py --reuse    # keep students already trained in --work, re-measure
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+CANDIDATES = {
+    "from-teacher-2": dict(student="from-teacher", layers=2),
+    "from-teacher-2+hidden": dict(student="from-teacher", layers=2, hidden_loss=1.0),
+    "from-teacher-2+augment": dict(student="from-teacher", layers=2, augment=2),
+    "from-teacher-3": dict(student="from-teacher", layers=3),
+    "mini": dict(student="mini"),
+    "tiny": dict(student="tiny"),
+    "tiny+augment+hidden": dict(student="tiny", augment=2, hidden_loss=1.0),
+}
+
+
+def throughput(classifier, texts: list[str], repeats: int = 5) -> float:
+    """Texts per second through the Keras model (length-sorted batches of 32), best of `repeats` after a warm-up."""
+    classifier.predict_logits(texts, batch_size=32)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        classifier.predict_logits(texts, batch_size=32)
+        best = min(best, time.perf_counter() - start)
+    return len(texts) / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="models/teacher")
+    parser.add_argument("--candidates", default=",".join(CANDIDATES), help=f"comma-separated: {', '.join(CANDIDATES)}")
+    parser.add_argument("--epochs", type=int, default=None, help="student epochs (default: distill's default)")
+    parser.add_argument("--out", default="benchmarks/results/distill_sweep")
+    parser.add_argument("--work", default="/tmp/tfkit-distill-sweep", help="where candidate students are written")
+    parser.add_argument("--reuse", action="store_true", help="do not retrain candidates whose student is in --work")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="tfkit: %(message)s")
+
+    from tfkit.classifier import Classifier
+    from tfkit.data import load_splits
+    from tfkit.devices import cpu_flags
+    from tfkit.distill import DistillConfig, distill
+
+    names = args.candidates.split(",")
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        parser.error(f"unknown candidate(s): {', '.join(unknown)}")
+    teacher = Classifier.load(args.teacher)
+    rows = []
+    for name in names:
+        work = Path(args.work) / name
+        if args.reuse and (work / "metrics.json").exists():
+            m = json.loads((work / "metrics.json").read_text())
+        else:
+            extra = {"epochs": args.epochs} if args.epochs else {}
+            m = distill(DistillConfig(teacher=args.teacher, baseline=name == names[0], **CANDIDATES[name], **extra), work)
+        rows.append({"candidate": name, **CANDIDATES[name], "val_accuracy": m["val"]["accuracy"],
+                     "test_accuracy": m["test"]["accuracy"], "test_macro_f1": m["test"]["macro_f1"],
+                     "accuracy_retained": m["accuracy_retained"], "teacher_agreement": m["teacher_agreement"],
+                     "parameters": m["parameters"], "compression": m["compression"], "vocab_size": m["vocab_size"],
+                     "train_seconds": sum(m["epoch_seconds"]), "teacher_test_accuracy": m["teacher"]["test"]["accuracy"],
+                     **({"hard_label_baseline_test_accuracy": m["hard_label_baseline"]["test"]["accuracy"]}
+                        if "hard_label_baseline" in m else {})})
+        print(f"{name:24s} val {rows[-1]['val_accuracy']:.4f} test {rows[-1]['test_accuracy']:.4f} "
+              f"({100 * rows[-1]['accuracy_retained']:.1f}% retained) {rows[-1]['compression']:.1f}x fewer params", flush=True)
+
+    d = teacher.config.data
+    texts = load_splits(d["source"], d["val"], d["test"], d["text_column"], d["label_column"], d["split_seed"],
+                        label_names=teacher.labels).test.texts
+    base = throughput(teacher, texts)
+    for row in rows:
+        row["keras_speedup"] = throughput(Classifier.load(Path(args.work) / row["candidate"]), texts) / base
+    print(f"teacher: {base:.0f} texts/s (Keras, batch 32)")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"teacher": args.teacher, "teacher_texts_per_second": base, "cpu_flags": sorted({"avx2", "avx512f", "avx512_bf16", "amx_bf16"} & cpu_flags()),
+              "rows": rows}
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(rows) + "\n")
+    plot(rows, out.with_suffix(".png"))
+    print(markdown(rows))
+    print(f"wrote {out}.json, .md, .png")
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| student | val acc | test acc | retained | agreement | params | fewer params | Keras speed-up | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['candidate']} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | {100 * r['accuracy_retained']:.1f}% "
+                     f"| {100 * r['teacher_agreement']:.1f}% | {r['parameters'] / 1e6:.1f}M | {r['compression']:.1f}x "
+                     f"| {r['keras_speedup']:.1f}x | {r['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Test accuracy against speed-up over the teacher, one labelled point per student."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.axhline(rows[0]["teacher_test_accuracy"], color="grey", linestyle="--", label="teacher")
+    for r in rows:
+        ax.scatter(r["keras_speedup"], r["test_accuracy"])
+        ax.annotate(r["candidate"], (r["keras_speedup"], r["test_accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("CPU throughput vs the teacher (x, Keras, batch 32)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Distilled students on the default data")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
