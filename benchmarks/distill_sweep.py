@@ -2,8 +2,8 @@
 
 Each candidate is a `tfkit.distill.distill` call (same teacher, split and seed); the table reports
 validation accuracy (what the default is chosen on), test accuracy, accuracy retained, label
-agreement with the teacher, parameters, training time, and Keras CPU throughput relative to the
-teacher. Throughput is measured after all training, in one pass, best of 5, so every ratio comes
+agreement with the teacher, parameters, the size of the verified int8 TFLite export (teacher's
+too), training time, and Keras CPU throughput relative to the teacher. Throughput is measured after all training, in one pass, best of 5, so every ratio comes
 from the same quiet minutes of a shared machine. Writes JSON, a Markdown table and a plot.
 
     python benchmarks/distill_sweep.py --teacher models/teacher --out benchmarks/results/distill_sweep
@@ -24,6 +24,7 @@ CANDIDATES = {
     "from-teacher-2+hidden": dict(student="from-teacher", layers=2, hidden_loss=1.0),
     "from-teacher-2+augment": dict(student="from-teacher", layers=2, augment=2),
     "from-teacher-3": dict(student="from-teacher", layers=3),
+    "from-teacher-3+full-vocab": dict(student="from-teacher", layers=3, trim_vocab=False),
     "mini": dict(student="mini"),
     "tiny": dict(student="tiny"),
     "tiny+augment+hidden": dict(student="tiny", augment=2, hidden_loss=1.0),
@@ -39,6 +40,18 @@ def throughput(classifier, texts: list[str], repeats: int = 5) -> float:
         classifier.predict_logits(texts, batch_size=32)
         best = min(best, time.perf_counter() - start)
     return len(texts) / best
+
+
+def int8_bytes(model_dir, out) -> int | None:
+    """Size of the model's dynamic-range int8 .tflite, exported and verified by tfkit (None if the gate failed)."""
+    from tfkit.export import ExportError, export
+
+    try:
+        manifest = export(model_dir, out, "tflite-int8", progress=False)
+    except ExportError as e:
+        print(f"{model_dir}: int8 export failed the gate: {e}")
+        return None
+    return manifest["files"]["model_int8.tflite"]["size"]
 
 
 def main() -> None:
@@ -80,6 +93,13 @@ def main() -> None:
         print(f"{name:24s} val {rows[-1]['val_accuracy']:.4f} test {rows[-1]['test_accuracy']:.4f} "
               f"({100 * rows[-1]['accuracy_retained']:.1f}% retained) {rows[-1]['compression']:.1f}x fewer params", flush=True)
 
+    teacher_int8 = int8_bytes(args.teacher, Path(args.work) / "teacher-int8")
+    for row in rows:
+        row["int8_tflite_bytes"] = int8_bytes(Path(args.work) / row["candidate"], Path(args.work) / row["candidate"] / "int8")
+        row["int8_smaller_than_teacher_int8"] = teacher_int8 / row["int8_tflite_bytes"] if row["int8_tflite_bytes"] else None
+        row["int8_smaller_than_teacher_keras"] = (Path(args.teacher) / "model.keras").stat().st_size / row["int8_tflite_bytes"] \
+            if row["int8_tflite_bytes"] else None
+
     d = teacher.config.data
     texts = load_splits(d["source"], d["val"], d["test"], d["text_column"], d["label_column"], d["split_seed"],
                         label_names=teacher.labels).test.texts
@@ -90,7 +110,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"teacher": args.teacher, "teacher_texts_per_second": base, "cpu_flags": sorted({"avx2", "avx512f", "avx512_bf16", "amx_bf16"} & cpu_flags()),
+    report = {"teacher": args.teacher, "teacher_texts_per_second": base, "teacher_int8_tflite_bytes": teacher_int8, "cpu_flags": sorted({"avx2", "avx512f", "avx512_bf16", "amx_bf16"} & cpu_flags()),
               "rows": rows}
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(rows) + "\n")
@@ -100,12 +120,13 @@ def main() -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| student | val acc | test acc | retained | agreement | params | fewer params | Keras speed-up | train s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| student | val acc | test acc | retained | agreement | params | fewer params | int8 .tflite | Keras speed-up | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        size = f"{r['int8_tflite_bytes'] / 1e6:.1f} MB" if r["int8_tflite_bytes"] else "failed gate"
         lines.append(f"| {r['candidate']} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | {100 * r['accuracy_retained']:.1f}% "
                      f"| {100 * r['teacher_agreement']:.1f}% | {r['parameters'] / 1e6:.1f}M | {r['compression']:.1f}x "
-                     f"| {r['keras_speedup']:.1f}x | {r['train_seconds']:.0f} |")
+                     f"| {size} | {r['keras_speedup']:.1f}x | {r['train_seconds']:.0f} |")
     return "\n".join(lines)
 
 

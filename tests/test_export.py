@@ -185,6 +185,16 @@ def test_gate_names_file_metric_threshold_and_value(exported, classifier, tmp_pa
     assert str(e).startswith(f"model_fp32.tflite: max abs probability difference {e.value:.4g} > threshold 0.0001")
 
 
+def test_onnx_int8_keeps_the_feed_forward_output_in_float32(exported):
+    import onnx
+
+    out, _ = exported
+    nodes = onnx.load(out / FORMATS["onnx-int8"].file).graph.node
+    ffn_out = [n.op_type for n in nodes if "feedforward_output" in n.name and "MatMul" in n.op_type]
+    assert ffn_out and set(ffn_out) == {"MatMul"}
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in nodes)
+
+
 def test_default_formats_leave_out_full_integer_int8():
     assert parse_formats(None) == DEFAULT_FORMATS and "tflite-int8-full" not in DEFAULT_FORMATS
     assert parse_formats("all") == list(FORMATS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 
 import tensorflow as tf
 
@@ -31,11 +32,12 @@ def cpu_flags() -> frozenset[str]:
 
 
 def bf16_pays() -> bool:
-    """Whether mixed_bfloat16 trains faster than float32 here: on AMX tiles or a GPU.
+    """Whether `auto` should train in mixed_bfloat16: on AMX tiles or a GPU.
 
-    Measured (benchmarks/train_speed.py, default teacher): with AVX-512 BF16 but no AMX,
-    bf16 ran at the same speed as float32 (93.5 vs 93.4 examples/s); on AVX2 only, where
-    bf16 is emulated, at 0.2x. So bf16 is worth its rounding only with AMX or a GPU.
+    Measured on the default teacher with AVX-512 BF16 but no AMX: 1.22-1.33x faster over two
+    full epochs, equal validation accuracy, 1.4 points lower test accuracy (0.8361 vs 0.8501), so not
+    the default there; on AVX2 only (bf16 emulated) 0.2x. AMX and GPUs run bf16 matmuls natively
+    at several times the float32 rate (not measured here: no such machine).
     """
     return "amx_bf16" in cpu_flags() or bool(tf.config.list_physical_devices("GPU"))
 
@@ -52,14 +54,19 @@ def resolve_precision(precision: str) -> str:
 def configure_devices(devices: int = 1, threads: int | None = None) -> None:
     """Splits the CPU into at least `devices` logical devices; must run before TensorFlow executes an op.
 
+    Each replica's ops get their share of the cores: measured on 2 cores, 2 logical devices ran at
+    0.22x the throughput of one device with TensorFlow's default thread pools (every replica's op
+    wants every core) and at 0.89x with one intra-op thread each.
+
     Args:
-        threads: intra-op threads for the whole process (None leaves TensorFlow's default).
+        threads: intra-op threads for the process; None = the cores divided by `devices`, 0 = TensorFlow's default.
     """
     if devices < 1:
         raise TfkitError(f"--devices must be at least 1 (got {devices})")
     if devices == 1 or tf.config.list_physical_devices("GPU"):
         return
     cpus = tf.config.list_physical_devices("CPU")
+    threads = max(1, (os.cpu_count() or 1) // devices) if threads is None else threads
     try:
         if threads:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
