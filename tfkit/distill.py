@@ -232,11 +232,11 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
     if config.baseline:  # the same student without a teacher: hard labels of the original texts
         runs["hard_labels"] = (1.0, 0.0, train)
     live_teacher = config.recompute_teacher or config.hidden_loss > 0
+    targets = lambda d: {"label": d["label"]} if config.recompute_teacher else {k: d[k] for k in ("label", "teacher_logits")}
     results = {}
     for name, (alpha, hidden_loss, data) in runs.items():
         keras.utils.set_random_seed(config.seed)
         strategy = make_strategy(config.devices)
-        targets = lambda d: {"label": d["label"]} if config.recompute_teacher else {k: d[k] for k in ("label", "teacher_logits")}
         with strategy.scope():
             student = build_classifier(make_student(backbone_of(teacher.model), shape, keep, config.dropout, config.seed),
                                        len(teacher.labels), config.dropout, config.seed)
