@@ -66,7 +66,6 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="tfkit: %(message)s")
 
     from tfkit.classifier import Classifier
-    from tfkit.data import load_splits
     from tfkit.devices import cpu_flags
     from tfkit.distill import DistillConfig, distill
 
@@ -100,9 +99,7 @@ def main() -> None:
         row["int8_smaller_than_teacher_keras"] = (Path(args.teacher) / "model.keras").stat().st_size / row["int8_tflite_bytes"] \
             if row["int8_tflite_bytes"] else None
 
-    d = teacher.config.data
-    texts = load_splits(d["source"], d["val"], d["test"], d["text_column"], d["label_column"], d["split_seed"],
-                        label_names=teacher.labels).test.texts
+    texts = teacher.splits().test.texts
     base = throughput(teacher, texts)
     for row in rows:
         row["keras_speedup"] = throughput(Classifier.load(Path(args.work) / row["candidate"]), texts) / base

@@ -39,7 +39,6 @@ def probe(name: str, steps: int) -> dict:
     from tfkit.devices import configure_devices
 
     configure_devices(options.get("devices", 1), threads)
-    import keras
     from tfkit.train import TrainConfig, build, prepare
 
     config = TrainConfig(max_length=64, **{"precision": "float32", **options})

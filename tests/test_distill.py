@@ -10,11 +10,10 @@ import tensorflow as tf
 
 from tests.conftest import VOCAB, synthetic_rows, write_csv
 from tfkit.backbone import Backbone
-from tfkit.classifier import Classifier, backbone_of, build_classifier
+from tfkit.classifier import Classifier, build_classifier
 from tfkit.cli import main
 from tfkit.distill import (DistillConfig, Distiller, augment_texts, distill, hidden_layer_map, hidden_state_loss, teacher_logits,
                            with_hidden_states)
-from tfkit.errors import TfkitError
 from tfkit.student import layer_map, make_student, student_shape, student_tokenizer, trim_vocab
 from tfkit.train import TrainConfig, train
 

@@ -270,8 +270,4 @@ def test_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, monkeypatch, caps
 
 
 def _test_examples(classifier):
-    from tfkit.data import load_splits
-
-    d = classifier.config.data
-    return load_splits(d["source"], d["val"], d["test"], d["text_column"], d["label_column"], d["split_seed"],
-                       label_names=classifier.labels).test
+    return classifier.splits().test

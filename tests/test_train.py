@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import synthetic_rows, write_csv
 from tfkit.cli import main
 from tfkit.classifier import Classifier
 from tfkit.train import TrainConfig, build, prepare, train

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from tfkit.artifacts import read_json, write_json
 from tfkit.backbone import Backbone  # noqa: F401  (registers tfkit>Backbone so load_model finds it)
+from tfkit.data import Splits, load_splits
 from tfkit.errors import TfkitError
 from tfkit.preprocess import TokenizerConfig, WordPieceTokenizer
 
@@ -96,6 +97,16 @@ class Classifier:
         except Exception as e:  # a truncated or foreign file: Keras raises many kinds
             raise TfkitError(f"cannot load {path / MODEL_FILE}: {str(e).splitlines()[0][:200]}") from None
         return cls(model, WordPieceTokenizer.from_config(config.tokenizer, path), config, path)
+
+    def splits(self, data: str | None = None) -> Splits:
+        """The train/val/test split this model was trained on, as config.json records it.
+
+        Args:
+            data: split this file the same way instead (same columns and seed; labels must be the model's).
+        """
+        d = self.config.data
+        return load_splits(data or d["source"], None if data else d["val"], None if data else d["test"],
+                           d["text_column"], d["label_column"], d["split_seed"], label_names=self.labels)
 
     def save(self, directory: str | Path) -> None:
         """Writes model, config and vocab into `directory` (callers make it atomic)."""

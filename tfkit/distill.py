@@ -25,7 +25,6 @@ import numpy as np
 
 from tfkit.artifacts import check_writable
 from tfkit.classifier import Classifier, MacroF1, ModelConfig, backbone_of, build_classifier, classification_metrics
-from tfkit.data import load_splits
 from tfkit.devices import configure_devices, make_strategy
 from tfkit.errors import TfkitError
 from tfkit.preprocess import make_dataset
@@ -294,10 +293,8 @@ def _with_augmented(train: dict, teacher: Classifier, config: DistillConfig) -> 
 
 def _teacher_splits(teacher: Classifier, config: DistillConfig):
     """The teacher's own train/val/test split (or `config.data` split the same way); labels must match."""
-    d = teacher.config.data
-    source = config.data or d["source"]
-    splits = load_splits(source, None if config.data else d["val"], None if config.data else d["test"],
-                         d["text_column"], d["label_column"], d["split_seed"], label_names=teacher.labels)
+    source = config.data or teacher.config.data["source"]
+    splits = teacher.splits(config.data)
     present = sorted({teacher.labels[i] for i in np.unique(splits.train.labels)})
     if present != sorted(teacher.labels):
         missing = sorted(set(teacher.labels) - set(present))

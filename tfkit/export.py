@@ -30,7 +30,6 @@ import tensorflow as tf
 from tfkit import onnx_graph
 from tfkit.artifacts import atomic_dir, check_writable, write_json
 from tfkit.classifier import Classifier
-from tfkit.data import load_splits
 from tfkit.errors import TfkitError
 from tfkit.runtimes import SIGNATURE
 from tfkit.verify import THRESHOLDS, Reference, VerificationError, verify
@@ -129,9 +128,7 @@ def export(model_dir: str | Path, out: str | Path | None = None, formats: str | 
     classifier = Classifier(float32_model(loaded.model), loaded.tokenizer, loaded.config, loaded.path)
     artifacts, failed = {}, {}
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix="tfkit-export-") as scratch:
-        d = classifier.config.data
-        splits = load_splits(d["source"], d["val"], d["test"], d["text_column"], d["label_column"], d["split_seed"],
-                             label_names=classifier.labels)
+        splits = classifier.splits()
         reference = Reference.build(classifier, splits.test)
         builder = Builder(classifier, Path(scratch), splits.train.texts)
         for key in tqdm(keys, desc="export", unit="format", disable=not progress):

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import sys
 import time
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from tfkit import assets
 from tfkit.artifacts import atomic_dir, check_writable, write_json

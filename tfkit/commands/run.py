@@ -25,7 +25,7 @@ def run_command_parser(subparsers) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from tfkit.distill import DistillConfig, distill
-    from tfkit.export import export, parse_formats
+    from tfkit.export import parse_formats
     from tfkit.train import train
 
     parse_formats(args.formats)  # a typo fails now, not after an hour of training
