@@ -27,7 +27,10 @@ CANDIDATES = {
     "from-teacher-3+full-vocab": dict(student="from-teacher", layers=3, trim_vocab=False),
     "mini": dict(student="mini"),
     "tiny": dict(student="tiny"),
-    "tiny+augment+hidden": dict(student="tiny", augment=2, hidden_loss=1.0),
+    "tiny-lr3e-4": dict(student="tiny", learning_rate=3e-4),
+    "tiny-lr3e-4+hidden": dict(student="tiny", learning_rate=3e-4, hidden_loss=1.0),
+    "tiny-lr3e-4+augment": dict(student="tiny", learning_rate=3e-4, augment=4),
+    "tiny-lr3e-4+min-count-2": dict(student="tiny", learning_rate=3e-4, vocab_min_count=2),
 }
 
 

@@ -76,12 +76,14 @@ def test_hidden_states_share_the_classifier_weights_and_forward_pass():
     assert hidden_layer_map(6, 2) == [2, 5] and hidden_layer_map(6, 3) == [1, 3, 5] and hidden_layer_map(4, 4) == [0, 1, 2, 3]
 
 
-def test_hidden_state_loss_ignores_padding():
-    student = [np.array([[[1.0, 2.0], [3.0, 4.0], [50.0, 50.0]]], "float32")]
-    teacher = [np.array([[[1.0, 0.0], [3.0, 1.0], [0.0, 0.0]]], "float32")]
+def test_hidden_state_loss_standardises_tokens_and_ignores_padding():
+    student = [np.array([[[1.0, 2.0, 3.0], [0.0, 0.0, 3.0], [50.0, -50.0, 0.0]]], "float32")]
+    teacher = [np.array([[[3.0, 2.0, 1.0], [10.0, 10.0, 40.0], [0.0, 0.0, 0.0]]], "float32")]
     mask = np.array([[1, 1, 0]], "int32")  # the third token is padding: its huge error must not count
-    expected = (2.0**2 + 3.0**2) / (2 * 2)
-    assert float(hidden_state_loss(student, teacher, mask)) == pytest.approx(expected)
+    # Token 1 standardises to +-sqrt(3/2) * [-1, 0, 1] on both sides, opposite signs: squared error 6 + 0 + 6.
+    # Token 2's teacher is 10 * student + 10: the same direction and spread, so no error.
+    expected = (12.0 + 0.0) / (2 * 3)
+    assert float(hidden_state_loss(student, teacher, mask)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_distiller_adds_the_hidden_loss_through_a_projection():
@@ -133,6 +135,19 @@ def test_trimmed_vocab_keeps_seen_tokenization_and_splits_unseen_words():
     for text in seen:
         assert pieces(student, text) == pieces(teacher, text)
     assert pieces(student, "great") == ["g", "##r", "##e", "##a", "##t"]  # unseen word: pieces, not [UNK]
+
+
+def test_vocab_min_count_drops_rare_pieces_and_their_words_still_tokenize():
+    from tfkit.preprocess import WordPieceTokenizer
+
+    teacher = WordPieceTokenizer(VOCAB, max_length=32)
+    texts = ["good film", "good plot", "dull"]
+    keep = trim_vocab(teacher, texts, min_count=2)
+    student = student_tokenizer(teacher, keep)
+    assert "good" in student.vocab and "film" not in student.vocab and "dull" not in student.vocab
+    assert set(trim_vocab(teacher, texts)) > set(keep)  # min_count 1 keeps every used piece
+    pieces = [student.vocab[i] for i in student.fast.tokenize(["good film"]).flat_values.numpy()]
+    assert pieces == ["good", "f", "##i", "##l", "##m"]  # a dropped piece's word splits into characters
 
 
 def test_from_teacher_student_copies_evenly_spaced_layers(tiny_checkpoint):
@@ -191,6 +206,7 @@ def test_recompute_teacher_path_trains(tmp_path, teacher_dir):
         (["--student", "huge"], "unknown student preset 'huge'"),
         (["--hidden-loss", "-1"], "--hidden-loss must be 0 (off) or positive"),
         (["--augment", "-2"], "--augment must be 0 (off) or a positive number of copies"),
+        (["--vocab-min-count", "0"], "--vocab-min-count must be at least 1"),
         (["--data", "{tmp}/other.csv"], "label(s) the model does not know: bad"),
         (["--teacher", "{tmp}/broken"], "cannot load"),
     ],

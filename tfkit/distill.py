@@ -8,8 +8,8 @@ distillation epoch costs what a hard-label epoch costs. The KD term itself is Ke
 cached logits recomputes them each step (for inputs that change every epoch).
 
 Two optional levers: hidden-state transfer (TinyBERT's MSE between each student layer and a
-teacher layer, through one learned projection when the widths differ; it needs the teacher's
-hidden states, so the teacher runs every step), and teacher-labelled augmentation (word-dropped
+teacher layer, on standardised states, through one learned projection when the widths differ; it
+needs the teacher's hidden states, so the teacher runs every step), and teacher-labelled augmentation (word-dropped
 copies of the training texts, labelled once by the teacher and cached like the rest).
 """
 
@@ -121,15 +121,26 @@ def with_hidden_states(classifier: keras.Model) -> keras.Model:
 
 
 def hidden_state_loss(student_hidden, teacher_hidden, padding_mask, projection=None):
-    """Mean squared error between paired hidden states over real (not padding) tokens, averaged over pairs."""
+    """MSE between paired hidden states, each token's vector standardised first, over real tokens.
+
+    Standardising (a LayerNorm without scale or shift) matches the states' direction and spread,
+    not their offset: with raw MSE the projection's bias alone could fit the teacher's mean state,
+    and a narrow student's states collapsed to one constant (measured: every text the same class).
+    """
     mask = keras.ops.expand_dims(keras.ops.cast(padding_mask, "float32"), -1)
     tokens = keras.ops.maximum(keras.ops.sum(mask), 1.0)
     total = 0.0
     for s, t in zip(student_hidden, teacher_hidden):
         s = keras.ops.cast(s, "float32")
         s = projection(s) if projection is not None else s
-        total = total + keras.ops.sum(keras.ops.square(s - keras.ops.cast(t, "float32")) * mask) / (tokens * t.shape[-1])
+        error = keras.ops.square(_standardise(s) - _standardise(keras.ops.cast(t, "float32")))
+        total = total + keras.ops.sum(error * mask) / (tokens * t.shape[-1])
     return total / len(student_hidden)
+
+
+def _standardise(x, epsilon: float = 1e-6):
+    x = x - keras.ops.mean(x, axis=-1, keepdims=True)
+    return x * keras.ops.rsqrt(keras.ops.mean(keras.ops.square(x), axis=-1, keepdims=True) + epsilon)
 
 
 def augment_texts(texts: list[str], copies: int, seed: int = 0, drop: float = 0.15) -> list[str]:
@@ -187,6 +198,7 @@ class DistillConfig:
     dropout: float = 0.1
     patience: int = 2
     trim_vocab: bool = True
+    vocab_min_count: int = 1  # with trim_vocab: keep pieces used at least this often
     hidden_loss: float = 0.0  # weight of the hidden-state MSE; 0 = off
     augment: int = 0  # teacher-labelled word-dropped copies of each training text
     recompute_teacher: bool = False
@@ -200,7 +212,7 @@ class DistillConfig:
         check_distill_args(self.temperature, self.alpha, self.hidden_loss, self.augment)
         if self.student not in PRESETS:
             raise TfkitError(f"unknown student preset '{self.student}' (choose from {', '.join(PRESETS)})")
-        for name in ("epochs", "batch_size", "devices"):
+        for name in ("epochs", "batch_size", "devices", "vocab_min_count"):
             if getattr(self, name) < 1:
                 raise TfkitError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
 
@@ -219,7 +231,7 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
     splits = _teacher_splits(teacher, config)
     shape = student_shape(backbone_of(teacher.model), config.student, config.layers, config.hidden,
                           config.heads, config.intermediate)
-    keep = trim_vocab(teacher.tokenizer, splits.train.texts) if config.trim_vocab else None
+    keep = trim_vocab(teacher.tokenizer, splits.train.texts, config.vocab_min_count) if config.trim_vocab else None
     tokenizer = student_tokenizer(teacher.tokenizer, keep)
     log.info("student %s %s, vocab %d of %d", config.student, dataclasses.asdict(shape), len(tokenizer.vocab),
              len(teacher.tokenizer.vocab))

@@ -5,8 +5,9 @@ of its layers (`from-teacher`, half the teacher's depth unless told: DistilBERT'
 the best student measured on the default data), so it starts pretrained. A narrower student cannot copy
 layers, but its embeddings start as the teacher's projected onto their top principal
 components, which keeps the lexical knowledge that a 10k-example dataset cannot teach.
-Vocabulary trimming keeps the word pieces the training texts use, every single-character
-piece (so unseen words still tokenize) and the special tokens.
+Vocabulary trimming keeps the word pieces the training texts use (optionally only those used
+at least N times, for narrow students whose embedding is most of their size), every
+single-character piece (so unseen words still tokenize) and the special tokens.
 """
 
 from __future__ import annotations
@@ -54,11 +55,14 @@ def student_shape(teacher: Backbone, preset: str, layers: int | None = None, hid
     return shape
 
 
-def trim_vocab(tokenizer: WordPieceTokenizer, texts: list[str]) -> list[int]:
-    """Ids to keep: pieces used by `texts`, single-character pieces and [bracketed] specials, in vocab order."""
-    used = set()
+def trim_vocab(tokenizer: WordPieceTokenizer, texts: list[str], min_count: int = 1) -> list[int]:
+    """Ids to keep: pieces used at least `min_count` times by `texts`, single-character pieces and
+    [bracketed] specials, in vocab order. A dropped piece's words re-tokenize into shorter pieces."""
+    counts = np.zeros(len(tokenizer.vocab), np.int64)
     for start in range(0, len(texts), 4096):
-        used.update(np.unique(tokenizer.fast.tokenize(texts[start : start + 4096]).flat_values.numpy()).tolist())
+        ids = tokenizer.fast.tokenize(texts[start : start + 4096]).flat_values.numpy()
+        counts += np.bincount(ids, minlength=len(tokenizer.vocab))
+    used = set(np.flatnonzero(counts >= min_count).tolist())
     single = {i for i, t in enumerate(tokenizer.vocab) if len(t.removeprefix("##")) == 1}
     special = {i for i, t in enumerate(tokenizer.vocab) if t.startswith("[") and t.endswith("]")}
     return sorted(used | single | special)

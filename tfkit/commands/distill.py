@@ -14,6 +14,7 @@ HELP = {
     "temperature": "softmax temperature of the soft targets, > 0 (default: %(default)s)",
     "alpha": "weight of the hard-label loss in [0, 1]; the soft loss gets 1 - alpha (default: %(default)s)",
     "trim_vocab": "keep only word pieces the training data uses, plus single characters and specials (default: on)",
+    "vocab_min_count": "with --trim-vocab, keep only pieces the training data uses at least N times (default: %(default)s)",
     "hidden_loss": "weight of the hidden-state MSE between student and teacher layers; 0 = off (default). Runs the teacher every step",
     "augment": "teacher-labelled word-dropped copies of each training text to add; 0 = off (default: %(default)s)",
     "recompute_teacher": "run the teacher every step instead of caching its logits once",
