@@ -139,6 +139,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ax.axhline(rows[0]["teacher_test_accuracy"], color="grey", linestyle="--", label="teacher")
+    ax.axhline(0.98 * rows[0]["teacher_test_accuracy"], color="grey", linestyle=":", label="98% of the teacher")
     for r in rows:
         ax.scatter(r["keras_speedup"], r["test_accuracy"])
         ax.annotate(r["candidate"], (r["keras_speedup"], r["test_accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8)

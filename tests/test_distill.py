@@ -191,9 +191,15 @@ def test_distill_on_two_devices(tmp_path, teacher_dir):
     assert (tmp_path / "s" / "model.keras").exists() and "hard_label_baseline" not in metrics
 
 
-def test_recompute_teacher_path_trains(tmp_path, teacher_dir):
-    distill(DistillConfig(teacher=teacher_dir, layers=1, recompute_teacher=True, baseline=False, **{**FAST, "epochs": 1}), tmp_path / "s")
-    assert json.loads((tmp_path / "s" / "config.json").read_text())["training"]["recompute_teacher"] is True
+def test_recompute_teacher_path_trains_without_caching(tmp_path, teacher_dir, monkeypatch):
+    import tfkit.distill as distill_module
+
+    labelled = []  # the teacher labels only the augmented copies (their hard labels); nothing else is cached
+    real = distill_module.teacher_logits
+    monkeypatch.setattr(distill_module, "teacher_logits", lambda teacher, texts: labelled.append(len(texts)) or real(teacher, texts))
+    metrics = distill(DistillConfig(teacher=teacher_dir, layers=1, recompute_teacher=True, augment=1, baseline=False,
+                                    **{**FAST, "epochs": 1}), tmp_path / "s")
+    assert labelled == [metrics["split_sizes"]["train"]] and metrics["train_texts"] == 2 * labelled[0]
 
 
 @pytest.mark.parametrize(

@@ -236,14 +236,17 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
     log.info("student %s %s, vocab %d of %d", config.student, dataclasses.asdict(shape), len(tokenizer.vocab),
              len(teacher.tokenizer.vocab))
 
-    log.info("caching teacher logits for %d training texts", len(splits.train) * (1 + config.augment))
-    train = {"texts": splits.train.texts, "label": splits.train.labels, "teacher_logits": teacher_logits(teacher, splits.train.texts)}
-    val = {"texts": splits.val.texts, "label": splits.val.labels, "teacher_logits": teacher_logits(teacher, splits.val.texts)}
+    train = {"texts": splits.train.texts, "label": splits.train.labels}
+    val = {"texts": splits.val.texts, "label": splits.val.labels}
+    if not config.recompute_teacher:
+        log.info("caching teacher logits for %d training texts", len(splits.train) * (1 + config.augment))
+        for d in (train, val):
+            d["teacher_logits"] = teacher_logits(teacher, d["texts"])
     runs = {"distilled": (config.alpha, config.hidden_loss, _with_augmented(train, teacher, config))}
     if config.baseline:  # the same student without a teacher: hard labels of the original texts
         runs["hard_labels"] = (1.0, 0.0, train)
     live_teacher = config.recompute_teacher or config.hidden_loss > 0
-    targets = lambda d: {"label": d["label"]} if config.recompute_teacher else {k: d[k] for k in ("label", "teacher_logits")}
+    targets = lambda d: {k: d[k] for k in ("label", "teacher_logits") if k in d}
     results = {}
     for name, (alpha, hidden_loss, data) in runs.items():
         keras.utils.set_random_seed(config.seed)
@@ -294,13 +297,15 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
 
 
 def _with_augmented(train: dict, teacher: Classifier, config: DistillConfig) -> dict:
-    """The training texts plus `config.augment` word-dropped copies, labelled by the teacher (argmax and logits)."""
+    """The training texts plus `config.augment` word-dropped copies, labelled by the teacher (argmax, and logits if cached)."""
     if not config.augment:
         return train
     texts = augment_texts(train["texts"], config.augment, config.seed)
-    logits = teacher_logits(teacher, texts)
-    return {"texts": train["texts"] + texts, "label": np.concatenate([train["label"], logits.argmax(-1).astype(np.int32)]),
-            "teacher_logits": np.concatenate([train["teacher_logits"], logits])}
+    logits = teacher_logits(teacher, texts)  # the copies' hard labels, even when the teacher runs every step
+    out = {"texts": train["texts"] + texts, "label": np.concatenate([train["label"], logits.argmax(-1).astype(np.int32)])}
+    if "teacher_logits" in train:
+        out["teacher_logits"] = np.concatenate([train["teacher_logits"], logits])
+    return out
 
 
 def _teacher_splits(teacher: Classifier, config: DistillConfig):
