@@ -8,9 +8,10 @@ distillation epoch costs what a hard-label epoch costs. The KD term itself is Ke
 cached logits recomputes them each step (for inputs that change every epoch).
 
 Two optional levers: hidden-state transfer (TinyBERT's MSE between each student layer and a
-teacher layer, on standardised states, through one learned projection when the widths differ; it
-needs the teacher's hidden states, so the teacher runs every step), and teacher-labelled augmentation (word-dropped
-copies of the training texts, labelled once by the teacher and cached like the rest).
+teacher layer, on standardised states, through one learned projection when the widths differ;
+it needs the teacher's hidden states, so the teacher runs every step), and teacher-labelled
+augmentation (word-dropped copies of the training texts, labelled once by the teacher and
+cached like the rest).
 """
 
 from __future__ import annotations
