@@ -11,7 +11,8 @@ Two optional levers: hidden-state transfer (TinyBERT's MSE between each student 
 teacher layer, on standardised states, through one learned projection when the widths differ;
 it needs the teacher's hidden states, so the teacher runs every step), and teacher-labelled
 augmentation (word-dropped copies of the training texts, labelled once by the teacher and
-cached like the rest).
+cached like the rest). Keras' `FeatureDistillation` has no padding mask and no projection
+between widths, so the hidden-state term is written here.
 """
 
 from __future__ import annotations
