@@ -3,8 +3,9 @@
 Each candidate is a `tfkit.distill.distill` call (same teacher, split and seed); the table reports
 validation accuracy (what the default is chosen on), test accuracy, accuracy retained, label
 agreement with the teacher, parameters, the size of the verified int8 TFLite export (teacher's
-too), training time, and Keras CPU throughput relative to the teacher. Throughput is measured after all training, in one pass, best of 5, so every ratio comes
-from the same quiet minutes of a shared machine. Writes JSON, a Markdown table and a plot.
+too), training time, and Keras CPU throughput relative to the teacher. Throughput is measured
+after all training, in one pass, best of 5, so every ratio comes from the same quiet minutes of
+a shared machine. Writes JSON, a Markdown table and a plot.
 
     python benchmarks/distill_sweep.py --teacher models/teacher --out benchmarks/results/distill_sweep
     python benchmarks/distill_sweep.py --candidates from-teacher-2,tiny --epochs 2   # a quicker look
@@ -96,11 +97,12 @@ def main() -> None:
               f"({100 * rows[-1]['accuracy_retained']:.1f}% retained) {rows[-1]['compression']:.1f}x fewer params", flush=True)
 
     teacher_int8 = int8_bytes(args.teacher, Path(args.work) / "teacher-int8")
+    teacher_keras = (Path(args.teacher) / "model.keras").stat().st_size
+    ratio = lambda teacher_bytes, student_bytes: teacher_bytes / student_bytes if teacher_bytes and student_bytes else None
     for row in rows:
-        row["int8_tflite_bytes"] = int8_bytes(Path(args.work) / row["candidate"], Path(args.work) / row["candidate"] / "int8")
-        row["int8_smaller_than_teacher_int8"] = teacher_int8 / row["int8_tflite_bytes"] if row["int8_tflite_bytes"] else None
-        row["int8_smaller_than_teacher_keras"] = (Path(args.teacher) / "model.keras").stat().st_size / row["int8_tflite_bytes"] \
-            if row["int8_tflite_bytes"] else None
+        size = row["int8_tflite_bytes"] = int8_bytes(Path(args.work) / row["candidate"], Path(args.work) / row["candidate"] / "int8")
+        row["int8_smaller_than_teacher_int8"] = ratio(teacher_int8, size)  # None when either export failed its gate
+        row["int8_smaller_than_teacher_keras"] = ratio(teacher_keras, size)
 
     texts = teacher.splits().test.texts
     base = throughput(teacher, texts)
