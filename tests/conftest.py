@@ -92,3 +92,28 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture
 def sentiment_csv(tmp_path):
     return write_csv(tmp_path / "reviews.csv", synthetic_rows())
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(tmp_path_factory, tiny_checkpoint):
+    """One tiny teacher that has learned the task, shared by every module (treat it as read-only).
+
+    Confident predictions make label parity meaningful for export and distillation tests.
+    """
+    from tfkit.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("trained")
+    data = write_csv(root / "reviews.csv", synthetic_rows())
+    config = TrainConfig(data=data, pretrained=tiny_checkpoint, epochs=8, patience=8, batch_size=16,
+                         learning_rate=5e-3, warmup_ratio=0.0, precision="float32")
+    train(config, root / "teacher")
+    return root / "teacher"
+
+
+@pytest.fixture(scope="session")
+def exported_teacher(trained_teacher):
+    """(directory, manifest) of every export format of `trained_teacher`, written once (read-only)."""
+    from tfkit.export import export
+
+    out = trained_teacher.parent / "exported"
+    return out, export(trained_teacher, out, "all", progress=False)

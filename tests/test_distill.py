@@ -15,18 +15,13 @@ from tfkit.cli import main
 from tfkit.distill import (DistillConfig, Distiller, augment_texts, distill, hidden_layer_map, hidden_state_loss, teacher_logits,
                            with_hidden_states)
 from tfkit.student import layer_map, make_student, student_shape, student_tokenizer, trim_vocab
-from tfkit.train import TrainConfig, train
 
 FAST = dict(epochs=2, batch_size=16, learning_rate=5e-3, warmup_ratio=0.0, patience=2)
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory, tiny_checkpoint):
-    root = tmp_path_factory.mktemp("distill")
-    data = write_csv(root / "reviews.csv", synthetic_rows())
-    train(TrainConfig(data=data, pretrained=tiny_checkpoint, epochs=6, patience=6, batch_size=16,
-                      learning_rate=5e-3, warmup_ratio=0.0, precision="float32"), root / "teacher")
-    return str(root / "teacher")
+def teacher_dir(trained_teacher):
+    return str(trained_teacher)
 
 
 def tiny_classifier(vocab=30, classes=3, seed=0):

@@ -8,13 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import synthetic_rows, write_csv
 from tfkit.classifier import Classifier
 from tfkit.cli import main
 from tfkit.data import Examples
-from tfkit.export import DEFAULT_FORMATS, FORMATS, export, float32_model, parse_formats
+from tfkit.export import DEFAULT_FORMATS, FORMATS, float32_model, parse_formats
 from tfkit.runtimes import LiteRT, OnnxRuntime
-from tfkit.train import TrainConfig, train
 from tfkit.verify import NonFiniteError, ParityError, Reference, Thresholds, compare, verify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,21 +20,13 @@ HARD_TEXTS = ["a good film", "", "   ", "café naïve CAFÉ", "電影 很好 �
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_checkpoint):
-    """A tiny teacher that has learned the task (confident predictions, so label parity is meaningful)."""
-    root = tmp_path_factory.mktemp("export")
-    data = write_csv(root / "reviews.csv", synthetic_rows())
-    config = TrainConfig(data=data, pretrained=tiny_checkpoint, epochs=8, patience=8, batch_size=16,
-                         learning_rate=5e-3, warmup_ratio=0.0, precision="float32")
-    train(config, root / "teacher")
-    return root / "teacher"
+def model_dir(trained_teacher):
+    return trained_teacher
 
 
 @pytest.fixture(scope="module")
-def exported(model_dir):
-    """Every format, exported once for the module."""
-    out = model_dir.parent / "exported"
-    return out, export(model_dir, out, "all", progress=False)
+def exported(exported_teacher):
+    return exported_teacher
 
 
 @pytest.fixture(scope="module")
