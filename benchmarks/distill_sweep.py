@@ -100,11 +100,11 @@ def main() -> None:
     teacher_keras = (Path(args.teacher) / "model.keras").stat().st_size
     ratio = lambda teacher_bytes, student_bytes: teacher_bytes / student_bytes if teacher_bytes and student_bytes else None
     for row in rows:
-        size = row["int8_tflite_bytes"] = int8_bytes(Path(args.work) / row["candidate"], Path(args.work) / row["candidate"] / "int8")
+        size = row["int8_tflite_bytes"] = int8_bytes(Path(args.work) / row["candidate"], Path(args.work) / f"{row['candidate']}-int8")
         row["int8_smaller_than_teacher_int8"] = ratio(teacher_int8, size)  # None when either export failed its gate
         row["int8_smaller_than_teacher_keras"] = ratio(teacher_keras, size)
 
-    texts = teacher.splits().test.texts
+    texts = teacher.heldout()[1].texts
     base = throughput(teacher, texts)
     for row in rows:
         row["keras_speedup"] = throughput(Classifier.load(Path(args.work) / row["candidate"]), texts) / base

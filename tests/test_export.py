@@ -11,7 +11,8 @@ import pytest
 from tfkit.classifier import Classifier
 from tfkit.cli import main
 from tfkit.data import Examples
-from tfkit.export import DEFAULT_FORMATS, FORMATS, float32_model, parse_formats
+from tfkit.export import float32_model
+from tfkit.formats import DEFAULT_FORMATS, FORMATS, parse_formats
 from tfkit.runtimes import LiteRT, OnnxRuntime
 from tfkit.verify import NonFiniteError, ParityError, Reference, Thresholds, compare, verify
 
@@ -260,4 +261,4 @@ def test_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, monkeypatch, caps
 
 
 def _test_examples(classifier):
-    return classifier.splits().test
+    return classifier.heldout()[1]

@@ -1,14 +1,17 @@
 """Fine-tuning end to end on a tiny random BERT: CLI, artifacts, determinism, MirroredStrategy."""
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tfkit.cli import main
 from tfkit.classifier import Classifier
+from tfkit.errors import TfkitError
 from tfkit.train import TrainConfig, build, prepare, train
 
 # float32: numerics tests must not depend on whether this CPU has native bf16 (`auto` would pick it).
@@ -24,7 +27,7 @@ def test_train_writes_a_complete_model_dir_that_predicts(tmp_path, sentiment_csv
     code = main(["train", "--data", sentiment_csv, "--pretrained", tiny_checkpoint, "--out", str(out),
                  "--epochs", "8", "--patience", "8", "--batch-size", "16", "--learning-rate", "5e-3", "--warmup-ratio", "0"])
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "history.json", "metrics.json", "model.keras", "vocab.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "heldout.jsonl", "history.json", "metrics.json", "model.keras", "vocab.txt"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["split_sizes"] == {"train": 192, "val": 24, "test": 24}
     assert metrics["test"]["accuracy"] >= 0.85  # one sentiment word decides the label: learnable
@@ -105,7 +108,7 @@ def test_freeze_backbone_trains_only_the_head(tmp_path, sentiment_csv, tiny_chec
     [
         (["--data", "{tmp}/missing.csv"], "data not found"),
         (["--epochs", "0"], "--epochs must be at least 1"),
-        (["--precision", "fp8"], "unknown precision 'fp8'"),
+        (["--precision", "fp8"], "unknown --precision 'fp8'"),
         (["--batch-size", "15", "--devices", "2"], "must be divisible by --devices 2"),
         (["--pretrained", "{tmp}/nowhere"], "pretrained checkpoint not found"),
         (["--max-length", "1000"], "exceeds the model's limit of 64"),
@@ -138,3 +141,29 @@ def test_classifier_loads_from_python(tmp_path, sentiment_csv, tiny_checkpoint):
     classifier = Classifier.load(tmp_path / "m")
     p = classifier.predict_proba(["good", "bad", ""])
     assert p.shape == (3, 2) and np.allclose(p.sum(1), 1, atol=1e-5)
+
+
+def test_a_model_directory_is_self_contained(trained_teacher, tmp_path, monkeypatch):
+    """Moved elsewhere and used from another directory: held-out examples travel with it; the training
+    data is found by absolute path and checked by sha256, with one line when it moved or changed."""
+    original = Classifier.load(trained_teacher)
+    data = tmp_path / "data.csv"
+    shutil.copy(original.config.data["source"], data)
+    moved = tmp_path / "elsewhere" / "teacher"
+    shutil.copytree(trained_teacher, moved)
+    config = json.loads((moved / "config.json").read_text())
+    assert Path(config["data"]["source"]).is_absolute() and len(config["data"]["sha256"]["source"]) == 64
+    config["data"]["source"] = str(data)
+    (moved / "config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    copy = Classifier.load("teacher")
+    val, test = copy.heldout()
+    assert test.texts == original.heldout()[1].texts and val.labels.tolist() == original.heldout()[0].labels.tolist()
+    assert copy.splits().train.texts == original.splits().train.texts
+    data.write_text(data.read_text() + "one more,pos\n")
+    with pytest.raises(TfkitError, match=f"{data} has changed since teacher was trained on it \\(sha256 differs\\)"):
+        copy.splits()
+    data.unlink()
+    with pytest.raises(TfkitError, match=f"the training data of teacher is no longer at {data}; put it back or pass --data"):
+        copy.splits()
+    assert copy.heldout()[1].texts == test.texts  # export and bench need only these

@@ -17,7 +17,7 @@ _LAZY = {
     "TrainConfig": "tfkit.train", "train": "tfkit.train", "make_optimizer": "tfkit.train",
     "configure_devices": "tfkit.devices", "make_strategy": "tfkit.devices",
     "Distiller": "tfkit.distill", "DistillConfig": "tfkit.distill",
-    "FORMATS": "tfkit.export", "ExportError": "tfkit.export", "VerificationError": "tfkit.verify",
+    "FORMATS": "tfkit.formats", "ExportError": "tfkit.export", "VerificationError": "tfkit.verify",
 }
 
 

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import keras
 import keras_hub
+from safetensors import SafetensorError
 from keras_hub.src.utils.keras_utils import gelu_approximate
 
+from tfkit.assets import HF_ACTIVATIONS, check_checkpoint
 from tfkit.errors import TfkitError
 from tfkit.preprocess import WordPieceTokenizer, read_vocab
 
-# HF `hidden_act` -> the activation that reproduces it.
-HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_approximate", "gelu_pytorch_tanh": "gelu_approximate", "relu": "relu"}
-REQUIRED_FILES = ("config.json", "vocab.txt", "model.safetensors")
 
 
 def _activation(name: str):
@@ -60,25 +59,6 @@ def _describe(error: Exception) -> str:
     return text.splitlines()[0][:300] if text else type(error).__name__
 
 
-def check_checkpoint(checkpoint_dir: str | Path) -> dict:
-    """The HF config of a BERT checkpoint directory; anything missing or not BERT is a TfkitError."""
-    path = Path(checkpoint_dir)
-    if not path.is_dir():
-        raise TfkitError(f"pretrained checkpoint not found: {path} (a directory with {', '.join(REQUIRED_FILES)})")
-    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
-    if missing:
-        raise TfkitError(f"pretrained checkpoint {path} lacks {', '.join(missing)}")
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TfkitError(f"{path / 'config.json'} is not valid JSON: {e}") from None
-    if config.get("model_type") != "bert":
-        raise TfkitError(f"{path} is a '{config.get('model_type')}' checkpoint; tfkit loads BERT (model_type 'bert')")
-    if config.get("hidden_act", "gelu") not in HF_ACTIVATIONS:
-        raise TfkitError(f"{path}: unsupported hidden_act '{config['hidden_act']}' (supported: {', '.join(HF_ACTIVATIONS)})")
-    return config
-
-
 def load_backbone(
     checkpoint_dir: str | Path, max_length: int = 128, dtype: str | None = None, dropout: float | None = None
 ) -> tuple[Backbone, WordPieceTokenizer]:
@@ -94,7 +74,7 @@ def load_backbone(
     config = check_checkpoint(path)
     try:
         reference = keras_hub.models.BertBackbone.from_preset(str(path))
-    except Exception as e:  # safetensors, keras-hub and Keras each raise their own kinds
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:  # a truncated, foreign or mis-shaped checkpoint
         raise TfkitError(f"cannot load {path / 'model.safetensors'}: {_describe(e)}") from None
     kwargs = {k: v for k, v in reference.get_config().items() if k not in ("name", "trainable", "dtype")}
     if dropout is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfkit.artifacts import read_json, write_json
+from tfkit.artifacts import check_model_dir, read_json, write_json
 from tfkit.backbone import Backbone  # noqa: F401  (registers tfkit>Backbone so load_model finds it)
-from tfkit.data import Splits, load_splits
+from tfkit.data import Examples, Splits, fingerprint, load_splits, read_heldout
 from tfkit.errors import TfkitError
 from tfkit.preprocess import TokenizerConfig, WordPieceTokenizer
 
-MODEL_FILE, CONFIG_FILE = "model.keras", "config.json"
+MODEL_FILE, CONFIG_FILE, HELDOUT_FILE = "model.keras", "config.json", "heldout.jsonl"
 
 
 def build_classifier(backbone: keras.Model, num_classes: int, dropout: float = 0.1, seed: int = 0) -> keras.Model:
@@ -89,24 +90,47 @@ class Classifier:
     @classmethod
     def load(cls, model_dir: str | Path) -> "Classifier":
         path = Path(model_dir)
-        if not (path / MODEL_FILE).is_file():
-            raise TfkitError(f"not a tfkit model directory: {path} (no {MODEL_FILE}); train one with `tfkit train`")
+        check_model_dir(path)
         config = read_json(path / CONFIG_FILE, ModelConfig)
         try:
             model = keras.saving.load_model(path / MODEL_FILE, compile=False)
-        except Exception as e:  # a truncated or foreign file: Keras raises many kinds
+        except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as e:  # a truncated or foreign file
             raise TfkitError(f"cannot load {path / MODEL_FILE}: {str(e).splitlines()[0][:200]}") from None
         return cls(model, WordPieceTokenizer.from_config(config.tokenizer, path), config, path)
 
-    def splits(self, data: str | None = None) -> Splits:
-        """The train/val/test split this model was trained on, as config.json records it.
+    def heldout(self) -> tuple[Examples, Examples]:
+        """The validation and test examples this model was checked on, carried in its directory."""
+        if self.path is not None and (self.path / HELDOUT_FILE).is_file():
+            return read_heldout(self.path / HELDOUT_FILE, self.labels)
+        splits = self.splits()  # a model directory from before tfkit carried them
+        return splits.val, splits.test
+
+    def splits(self, data: str | None = None, encoding: str | None = None) -> Splits:
+        """The train/val/test split this model was trained on: training data re-read from where
+        config.json says (checked against its recorded sha256), held-out examples from the directory.
 
         Args:
             data: split this file the same way instead (same columns and seed; labels must be the model's).
+            encoding: of `data` (default: the training data's).
         """
         d = self.config.data
-        return load_splits(data or d["source"], None if data else d["val"], None if data else d["test"],
-                           d["text_column"], d["label_column"], d["split_seed"], label_names=self.labels)
+        encoding = encoding or d.get("encoding", "utf-8")
+        if data:
+            return load_splits(data, None, None, d["text_column"], d["label_column"], d["split_seed"],
+                               label_names=self.labels, encoding=encoding)
+        source = d["source"]
+        expected = d.get("sha256", {}).get("source")
+        if expected is not None:
+            if not Path(source).exists():
+                raise TfkitError(f"the training data of {self.path} is no longer at {source}; put it back or pass --data FILE")
+            if fingerprint(source) != expected:
+                raise TfkitError(f"{source} has changed since {self.path} was trained on it (sha256 differs); "
+                                 "restore it or pass --data FILE")
+        known = None
+        if self.path is not None and (self.path / HELDOUT_FILE).is_file():
+            known = dict(zip(("val", "test"), read_heldout(self.path / HELDOUT_FILE, self.labels)))
+        return load_splits(source, d["val"], d["test"], d["text_column"], d["label_column"], d["split_seed"],
+                           label_names=self.labels, encoding=encoding, known=known)
 
     def save(self, directory: str | Path) -> None:
         """Writes model, config and vocab into `directory` (callers make it atomic)."""
@@ -142,13 +166,18 @@ def predict_logits(model: keras.Model, tokenizer: WordPieceTokenizer, texts: lis
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, label_names: list[str]) -> dict:
-    """Accuracy, macro-F1 and per-class F1 (named), as saved in metrics.json."""
+    """Accuracy, macro-F1 and per-class F1 (named), as saved in metrics.json.
+
+    Macro-F1 averages over the classes the split has; a class it lacks gets None, not a 0 that
+    would drag the average down for a reason that has nothing to do with the model.
+    """
     from sklearn.metrics import f1_score
 
     ids = list(range(len(label_names)))
     per_class = f1_score(labels, predictions, labels=ids, average=None, zero_division=0)
+    present = np.isin(ids, labels)
     return {
         "accuracy": float(np.mean(labels == predictions)),
-        "macro_f1": float(np.mean(per_class)),
-        "per_class_f1": {name: float(f) for name, f in zip(label_names, per_class)},
+        "macro_f1": float(np.mean(per_class[present])) if present.any() else 0.0,
+        "per_class_f1": {name: float(f) if here else None for name, f, here in zip(label_names, per_class, present)},
     }

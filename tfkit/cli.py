@@ -1,11 +1,19 @@
-"""`tfkit` command line: wires the sub-commands together and turns user errors into one line + exit 2."""
+"""`tfkit` command line: wires the sub-commands together and turns user errors into one line + exit 2.
+
+Each sub-command's parser may set `check` (pure-Python validation of every flag and path, run
+before TensorFlow starts, so a mistake costs a fraction of a second) and `tensorflow=True`
+(start TensorFlow quietly before `func`). Building the parsers imports nothing heavy, so
+`tfkit --help` is instant.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
+from tfkit import __version__
 from tfkit.commands import distill, export, predict, run, train
 from tfkit.errors import TfkitError
 
@@ -13,28 +21,46 @@ COMMANDS = (run.run_command_parser, train.train_command_parser, distill.distill_
             export.export_command_parser)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (what is wrong, where to look) and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tfkit", description="Ship small, fast text classifiers.")
+    parser = Parser(prog="tfkit", description="Ship small, fast text classifiers.")
+    parser.add_argument("--version", action="version", version=f"tfkit {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(subparsers)
     return parser
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: temporary outputs are removed on the way out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="tfkit: %(message)s", stream=sys.stderr)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        import tensorflow as tf
+        if getattr(args, "check", None):
+            args.check(args)
+        if getattr(args, "tensorflow", False):
+            from tfkit import quiet
 
-        tf.get_logger().setLevel("ERROR")
+            quiet.start_tensorflow()
         return args.func(args) or 0
     except TfkitError as e:
         print(f"tfkit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("tfkit: interrupted; nothing was written", file=sys.stderr)
+        print("tfkit: interrupted; finished outputs are untouched and unfinished ones removed", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

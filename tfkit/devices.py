@@ -13,10 +13,10 @@ import os
 
 import tensorflow as tf
 
+from tfkit.config import PRECISIONS
 from tfkit.errors import TfkitError
 
 log = logging.getLogger("tfkit")
-PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 
 
 @functools.cache

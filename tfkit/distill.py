@@ -25,12 +25,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tfkit.artifacts import check_writable
+from tfkit.artifacts import check_output
 from tfkit.classifier import Classifier, MacroF1, ModelConfig, backbone_of, build_classifier, classification_metrics
+from tfkit.config import DistillConfig, check_distill_args
 from tfkit.devices import configure_devices, make_strategy
+from tfkit.data import fingerprint
 from tfkit.errors import TfkitError
 from tfkit.preprocess import make_dataset
-from tfkit.student import PRESETS, make_student, student_shape, student_tokenizer, trim_vocab
+from tfkit.student import make_student, student_shape, student_tokenizer, trim_vocab
 from tfkit.train import EpochTimer, early_stopping, evaluate, fit_verbosity, make_optimizer, save_model_dir
 
 log = logging.getLogger("tfkit")
@@ -169,56 +171,6 @@ def _split_targets(y):
     return y, None
 
 
-def check_distill_args(temperature: float, alpha: float, hidden_loss: float = 0.0, augment: int = 0) -> None:
-    if not temperature > 0:
-        raise TfkitError(f"--temperature must be positive (got {temperature})")
-    if not 0 <= alpha <= 1:
-        raise TfkitError(f"--alpha must be in [0, 1] (got {alpha})")
-    if not hidden_loss >= 0:
-        raise TfkitError(f"--hidden-loss must be 0 (off) or positive (got {hidden_loss})")
-    if augment < 0:
-        raise TfkitError(f"--augment must be 0 (off) or a positive number of copies (got {augment})")
-
-
-@dataclasses.dataclass
-class DistillConfig:
-    """Every setting of a distillation run; saved in the student's config.json."""
-
-    teacher: str = "models/teacher"
-    student: str = "from-teacher"
-    layers: int | None = None
-    hidden: int | None = None
-    heads: int | None = None
-    intermediate: int | None = None
-    temperature: float = 3.0
-    alpha: float = 0.5
-    epochs: int = 4
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    dropout: float = 0.1
-    patience: int = 2
-    trim_vocab: bool = True
-    vocab_min_count: int = 1  # with trim_vocab: keep pieces used at least this often
-    hidden_loss: float = 0.0  # weight of the hidden-state MSE; 0 = off
-    augment: int = 0  # teacher-labelled word-dropped copies of each training text
-    recompute_teacher: bool = False
-    baseline: bool = True
-    data: str | None = None  # None = the teacher's own data and split
-    seed: int = 0
-    devices: int = 1
-
-    def validate(self) -> None:
-        """Fails on settings that are wrong whatever the teacher (checked before any work)."""
-        check_distill_args(self.temperature, self.alpha, self.hidden_loss, self.augment)
-        if self.student not in PRESETS:
-            raise TfkitError(f"unknown student preset '{self.student}' (choose from {', '.join(PRESETS)})")
-        for name in ("epochs", "batch_size", "devices", "vocab_min_count"):
-            if getattr(self, name) < 1:
-                raise TfkitError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
-
-
 def teacher_logits(teacher: Classifier, texts: list[str]) -> np.ndarray:
     """The teacher's logits for `texts`, computed once (length-sorted batches)."""
     return teacher.predict_logits(texts, batch_size=128)
@@ -227,7 +179,7 @@ def teacher_logits(teacher: Classifier, texts: list[str]) -> np.ndarray:
 def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
     """Distills the teacher model dir into a student model dir `out`; returns its metrics."""
     config.validate()
-    check_writable(out)
+    check_output(out, "model", inputs=(config.teacher, config.data))
     configure_devices(config.devices)
     teacher = Classifier.load(config.teacher)
     splits = _teacher_splits(teacher, config)
@@ -272,7 +224,7 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
 
     model_config = ModelConfig(kind="student", labels=teacher.labels, tokenizer=tokenizer.config(),
                                precision="float32", training=dataclasses.asdict(config),
-                               data={**teacher.config.data, "student_shape": dataclasses.asdict(shape)})
+                               data={**_data_record(teacher, config), "student_shape": dataclasses.asdict(shape)})
     classifier = Classifier(results["distilled"]["student"], tokenizer, model_config)
     teacher_test = teacher.predict_logits(splits.test.texts).argmax(-1)
     metrics = {**evaluate(classifier, splits),
@@ -294,7 +246,7 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
         }
         # Per training example, so augmented epochs (more texts) compare fairly: the teacher's overhead only.
         metrics["distill_cost_ratio"] = results["distilled"]["seconds_per_example"] / results["hard_labels"]["seconds_per_example"]
-    save_model_dir(classifier, out, results["distilled"]["history"], metrics)
+    save_model_dir(classifier, out, results["distilled"]["history"], metrics, splits)
     return metrics
 
 
@@ -310,10 +262,18 @@ def _with_augmented(train: dict, teacher: Classifier, config: DistillConfig) -> 
     return out
 
 
+def _data_record(teacher: Classifier, config: DistillConfig) -> dict:
+    """config.json's `data` of the student: the teacher's, or the --data file it was distilled on."""
+    if not config.data:
+        return teacher.config.data
+    return {**teacher.config.data, "source": str(Path(config.data).resolve()), "val": None, "test": None,
+            "sha256": {"source": fingerprint(config.data), "val": None, "test": None}, "encoding": config.encoding}
+
+
 def _teacher_splits(teacher: Classifier, config: DistillConfig):
     """The teacher's own train/val/test split (or `config.data` split the same way); labels must match."""
     source = config.data or teacher.config.data["source"]
-    splits = teacher.splits(config.data)
+    splits = teacher.splits(config.data, config.encoding if config.data else None)
     present = sorted({teacher.labels[i] for i in np.unique(splits.train.labels)})
     if present != sorted(teacher.labels):
         missing = sorted(set(teacher.labels) - set(present))

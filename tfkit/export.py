@@ -28,10 +28,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfkit import onnx_graph
-from tfkit.artifacts import atomic_dir, check_writable, write_json
+from tfkit.artifacts import atomic_dir, check_output, write_json
 from tfkit.classifier import Classifier
 from tfkit.errors import TfkitError
-from tfkit.runtimes import SIGNATURE
+from tfkit.formats import FORMATS, Format, default_out, parse_formats
+from tfkit.runtimes import RUNTIME_ERRORS, SIGNATURE
 from tfkit.verify import THRESHOLDS, Reference, VerificationError, verify
 
 OPSET = 17
@@ -40,69 +41,12 @@ TOOLS = ("tensorflow", "keras", "keras-hub", "tensorflow-text", "ai-edge-litert"
          "onnxruntime", "onnxruntime-extensions")
 
 
-@dataclasses.dataclass(frozen=True)
-class Format:
-    """One exported file: where it runs, how it is quantized, whether it takes raw strings."""
-
-    file: str
-    runtime: str  # tflite | onnx
-    quantize: str  # none | fp16 | dynamic-int8 | full-int8
-    text: bool
-    description: str
-
-    @property
-    def precision(self) -> str:
-        """fp32, fp16 or int8."""
-        return {"none": "fp32", "fp16": "fp16"}.get(self.quantize, "int8")
-
-    @property
-    def gate(self) -> str:
-        """Which `verify.THRESHOLDS` apply: the precision's, or `ort-tokenizer` for a file whose
-        tokenizer is another implementation than the one the model was trained with."""
-        return "ort-tokenizer" if self.text and self.runtime == "onnx" else self.precision
-
-
-FORMATS = {
-    "tflite-fp32": Format("model_fp32.tflite", "tflite", "none", False, "float32"),
-    "tflite-fp16": Format("model_fp16.tflite", "tflite", "fp16", False, "float16 weights, half the size"),
-    "tflite-int8": Format("model_int8.tflite", "tflite", "dynamic-int8", False,
-                          "int8 weights, dynamic-range activations (the default int8)"),
-    "tflite-int8-full": Format("model_int8_full.tflite", "tflite", "full-int8", False,
-                               "full integer (int8 activations too), calibrated on training texts; opt-in"),
-    "tflite-text": Format("model_text.tflite", "tflite", "none", True, "raw strings in, tokenizer inside"),
-    "tflite-text-int8": Format("model_text_int8.tflite", "tflite", "dynamic-int8", True,
-                               "raw strings in, tokenizer inside, int8 weights"),
-    "onnx": Format("model.onnx", "onnx", "none", False, "float32"),
-    "onnx-int8": Format("model_int8.onnx", "onnx", "dynamic-int8", False, "int8 weights (ONNX Runtime dynamic quantization)"),
-    "onnx-text": Format("model_text.onnx", "onnx", "none", True, "raw strings in, tokenizer inside"),
-}
-
-
-# Full-integer int8 is opt-in: on the default student it was 2.4x slower than dynamic-range int8
-# (1.07 vs 0.44 ms a text) and agreed with float32 on 93.5% of labels (gate: 99%); int8
-# softmax and LayerNorm cost a transformer too much. `--formats all` (or its name) still builds it.
-DEFAULT_FORMATS = [key for key in FORMATS if key != "tflite-int8-full"]
-
-
 class ExportError(TfkitError):
     """Some formats failed (conversion or verification); the others were written. `manifest` has the details."""
 
     def __init__(self, message: str, manifest: dict):
         super().__init__(message)
         self.manifest = manifest
-
-
-def parse_formats(formats: str | list[str] | None) -> list[str]:
-    """Format keys in FORMATS order; None -> DEFAULT_FORMATS, `all` -> every format; unknown names fail."""
-    if formats is None:
-        return list(DEFAULT_FORMATS)
-    names = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
-    if names == ["all"]:
-        return list(FORMATS)
-    unknown = [n for n in names if n not in FORMATS]
-    if unknown or not names:
-        raise TfkitError(f"unknown format '{unknown[0] if unknown else ''}' (choose from all, {', '.join(FORMATS)})")
-    return [key for key in FORMATS if key in names]
 
 
 def export(model_dir: str | Path, out: str | Path | None = None, formats: str | list[str] | None = None,
@@ -122,15 +66,15 @@ def export(model_dir: str | Path, out: str | Path | None = None, formats: str | 
 
     keys = parse_formats(formats)
     model_dir = Path(model_dir)
-    out = Path(out) if out else Path("export") / model_dir.resolve().name
-    check_writable(out)
+    out = Path(out) if out else default_out(model_dir)
+    check_output(out, "export", inputs=(model_dir,))
     loaded = Classifier.load(model_dir)
     classifier = Classifier(float32_model(loaded.model), loaded.tokenizer, loaded.config, loaded.path)
     artifacts, failed = {}, {}
-    with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix="tfkit-export-") as scratch:
-        splits = classifier.splits()
-        reference = Reference.build(classifier, splits.test)
-        builder = Builder(classifier, Path(scratch), splits.train.texts)
+    val, test = classifier.heldout()
+    with atomic_dir(out, "export") as tmp, tempfile.TemporaryDirectory(prefix="tfkit-export-") as scratch:
+        reference = Reference.build(classifier, test)
+        builder = Builder(classifier, Path(scratch), val.texts)
         for key in tqdm(keys, desc="export", unit="format", disable=not progress):
             fmt, path = FORMATS[key], tmp / FORMATS[key].file
             try:
@@ -174,8 +118,8 @@ def float32_model(model):
 class Builder:
     """Converts one classifier to every format; shared intermediates (SavedModels, ONNX) are built once."""
 
-    def __init__(self, classifier: Classifier, scratch: Path, train_texts: list[str]):
-        self.classifier, self.scratch, self.train_texts = classifier, scratch, train_texts
+    def __init__(self, classifier: Classifier, scratch: Path, calibration_texts: list[str]):
+        self.classifier, self.scratch, self.calibration_texts = classifier, scratch, calibration_texts
 
     def write(self, key: str, path: Path) -> None:
         fmt = FORMATS[key]
@@ -190,7 +134,7 @@ class Builder:
                 onnx.save(model, path)
         except TfkitError as e:
             raise BuildError(f"{fmt.file}: {e}") from None
-        except Exception as e:  # converters raise many kinds; one format failing must not stop the others
+        except converter_errors() as e:  # one format failing must not stop the others; a tfkit bug still surfaces
             raise BuildError(f"{fmt.file}: conversion failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}") from None
 
     def metadata(self, key: str) -> dict[str, str]:
@@ -231,11 +175,12 @@ class Builder:
         return self._archive("saved_model_text", text=True)
 
     def _calibration(self):
-        """Representative inputs for full-integer quantization: training texts, one per batch, natural length."""
+        """Representative inputs for full-integer quantization: validation texts (carried by the model
+        directory, unlike the training data), one per batch, natural length."""
+        texts = self.calibration_texts
         rng = np.random.default_rng(0)
-        picks = rng.choice(len(self.train_texts), min(CALIBRATION_TEXTS, len(self.train_texts)), replace=False)
-        for i in picks:
-            yield {k: v.numpy() for k, v in self.classifier.tokenizer.encode(tf.constant([self.train_texts[i]])).items()}
+        for i in rng.choice(len(texts), min(CALIBRATION_TEXTS, len(texts)), replace=False):
+            yield {k: v.numpy() for k, v in self.classifier.tokenizer.encode(tf.constant([texts[i]])).items()}
 
     def tflite(self, fmt: Format) -> bytes:
         """A new converter per file (a converter converts once)."""
@@ -280,6 +225,15 @@ class Builder:
             model = onnx.ModelProto()
             model.CopyFrom(self.onnx_fp32)
         return onnx_graph.with_tokenizer(model, self.classifier.tokenizer) if fmt.text else model
+
+
+def converter_errors() -> tuple[type[BaseException], ...]:
+    """What the converters raise for a model they cannot convert: TFLite's ConverterError, the ONNX checker's
+    ValidationError, onnxruntime's quantizer (ValueError, RuntimeError, its C++ kinds)."""
+    import onnx.checker
+    from tensorflow.lite.python.convert_phase import ConverterError
+
+    return (ConverterError, onnx.checker.ValidationError, *RUNTIME_ERRORS)
 
 
 def with_tflite_metadata(flatbuffer: bytes, entries: dict[str, str]) -> bytes:

@@ -19,6 +19,18 @@ from tfkit.errors import TfkitError
 SIGNATURE = "serve"
 
 
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    """What the runtimes raise for a file or an input they reject: LiteRT's ValueError/RuntimeError and
+    ONNX Runtime's own C++-backed exception classes (not subclasses of either)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    ort = tuple(v for v in vars(ort_state).values() if isinstance(v, type) and issubclass(v, Exception))
+    return (ValueError, RuntimeError, *ort)
+
+
+RUNTIME_ERRORS = _runtime_errors()
+
+
 class Runtime:
     """One exported file, loaded once: `predict(inputs)` -> probabilities; `signature` as loaded, for the manifest."""
 
@@ -92,7 +104,7 @@ class OnnxRuntime(Runtime):
             options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises its own exception types from C++
+        except RUNTIME_ERRORS as e:
             raise TfkitError(f"{Path(path).name}: ONNX Runtime cannot load it: {str(e).splitlines()[0][:300]}") from None
         dtype = lambda t: {"float": "float32", "double": "float64"}.get(t[len("tensor("):-1], t[len("tensor("):-1])
         describe = lambda args: [_spec(a.name, dtype(a.type), a.shape) for a in sorted(args, key=lambda a: a.name)]

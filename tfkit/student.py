@@ -17,15 +17,11 @@ import dataclasses
 import numpy as np
 
 from tfkit.backbone import Backbone
+from tfkit.config import STUDENT_PRESETS
 from tfkit.errors import TfkitError
 from tfkit.preprocess import WordPieceTokenizer
 
-PRESETS = {
-    "tiny": dict(num_layers=2, hidden_dim=128, num_heads=2, intermediate_dim=512),
-    "mini": dict(num_layers=4, hidden_dim=256, num_heads=4, intermediate_dim=1024),
-    "small": dict(num_layers=4, hidden_dim=512, num_heads=8, intermediate_dim=2048),
-    "from-teacher": dict(),  # teacher width, half its layers (rounded up), copied from the teacher
-}
+PRESETS = STUDENT_PRESETS
 
 
 @dataclasses.dataclass

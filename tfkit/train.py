@@ -16,51 +16,15 @@ from pathlib import Path
 import keras
 
 from tfkit import assets
-from tfkit.artifacts import atomic_dir, check_writable, write_json
-from tfkit.classifier import Classifier, MacroF1, ModelConfig, build_classifier, classification_metrics
-from tfkit.data import Splits, load_splits
+from tfkit.artifacts import atomic_dir, check_output, write_json
+from tfkit.classifier import HELDOUT_FILE, Classifier, MacroF1, ModelConfig, build_classifier, classification_metrics
+from tfkit.config import TrainConfig
+from tfkit.data import Splits, fingerprint, load_splits, write_heldout
 from tfkit.devices import configure_devices, make_strategy, resolve_precision
 from tfkit.errors import TfkitError
 from tfkit.preprocess import WordPieceTokenizer, choose_max_length, length_report, make_dataset
 
 log = logging.getLogger("tfkit")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Every setting of a training run; saved (resolved) in the model's config.json."""
-
-    data: str = assets.DEFAULT_DATA
-    val: str | None = None
-    test: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    pretrained: str | None = None  # a HF BERT checkpoint dir; None = the default teacher
-    epochs: int = 2
-    batch_size: int = 32
-    max_length: int | None = None  # None = chosen from the training texts' token lengths
-    learning_rate: float | None = None  # None = 5e-5 fine-tuning, 1e-3 with a frozen backbone
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    dropout: float = 0.1
-    patience: int = 1
-    seed: int = 0
-    freeze_backbone: bool = False
-    devices: int = 1
-    precision: str = "auto"
-    bucket: bool = True
-    jit_compile: bool = False
-
-    def validate(self) -> None:
-        for name in ("epochs", "batch_size", "devices"):
-            if getattr(self, name) < 1:
-                raise TfkitError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            raise TfkitError(f"--learning-rate must be positive (got {self.learning_rate})")
-        if self.max_length is not None and self.max_length < 8:
-            raise TfkitError(f"--max-length must be at least 8 (got {self.max_length})")
-        if self.batch_size % self.devices:
-            raise TfkitError(f"--batch-size {self.batch_size} must be divisible by --devices {self.devices}")
 
 
 @keras.saving.register_keras_serializable(package="tfkit")
@@ -119,10 +83,12 @@ def early_stopping(patience: int) -> keras.callbacks.EarlyStopping:
 def prepare(config: TrainConfig) -> tuple[Splits, str]:
     """Validates the config and data before any model work; returns splits and resolved precision."""
     config.validate()
+    assets.check_checkpoint(config.pretrained or assets.default_teacher_dir())
     configure_devices(config.devices)
     precision = resolve_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
-    splits = load_splits(config.data, config.val, config.test, config.text_column, config.label_column, config.seed)
+    splits = load_splits(config.data, config.val, config.test, config.text_column, config.label_column, config.seed,
+                         encoding=config.encoding)
     return splits, precision
 
 
@@ -177,7 +143,8 @@ def train(config: TrainConfig, out: str | Path = "models/teacher") -> dict:
 
     Returns the metrics also written to `out/metrics.json`.
     """
-    check_writable(out)
+    config.validate()
+    check_output(out, "model", inputs=(config.data, config.val, config.test, config.pretrained))
     splits, precision = prepare(config)
     run = build(config, splits, precision)
     log.info("training on %d examples (%s), %d replica(s), %s", len(splits.train), splits.sizes(),
@@ -200,15 +167,20 @@ def train(config: TrainConfig, out: str | Path = "models/teacher") -> dict:
         "precision": precision,
         "parameters": int(run.model.count_params()),
     }
-    save_model_dir(classifier, out, history.history, metrics)
+    save_model_dir(classifier, out, history.history, metrics, splits)
     return metrics
 
 
 def data_summary(config: TrainConfig, splits: Splits, lengths: dict) -> dict:
-    """Where the data came from and what it looked like, for config.json."""
-    return {"source": config.data, "val": config.val, "test": config.test, "text_column": config.text_column,
-            "label_column": config.label_column, "split_seed": config.seed, "sizes": splits.sizes(),
-            "dropped_empty": splits.dropped_empty, "token_lengths": lengths}
+    """Where the data came from (absolute paths and content hashes, so a later stage run from
+    anywhere finds it, or says it moved or changed) and what it looked like, for config.json."""
+    where = lambda p: p if p in (None, assets.DEFAULT_DATA) else str(Path(p).resolve())
+    return {"source": where(config.data), "val": where(config.val), "test": where(config.test),
+            "sha256": {"source": fingerprint(config.data), "val": config.val and fingerprint(config.val),
+                       "test": config.test and fingerprint(config.test)},
+            "text_column": config.text_column, "label_column": config.label_column, "encoding": config.encoding,
+            "split_seed": config.seed, "sizes": splits.sizes(), "dropped_empty": splits.dropped_empty,
+            "token_lengths": lengths}
 
 
 def evaluate(classifier: Classifier, splits: Splits) -> dict:
@@ -222,11 +194,12 @@ def evaluate(classifier: Classifier, splits: Splits) -> dict:
     return result
 
 
-def save_model_dir(classifier: Classifier, out: str | Path, history: dict, metrics: dict) -> None:
-    """Writes model, config, vocab, history and metrics into `out`, atomically."""
+def save_model_dir(classifier: Classifier, out: str | Path, history: dict, metrics: dict, splits: Splits) -> None:
+    """Writes model, config, vocab, history, metrics and the held-out examples into `out`, atomically."""
     classifier.model.compile(loss=classifier.model.loss)  # drop optimizer slots: the saved model is for inference
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "model") as tmp:
         classifier.save(tmp)
+        write_heldout(tmp / HELDOUT_FILE, splits)
         metrics["model_bytes"] = (tmp / "model.keras").stat().st_size
         write_json(tmp / "history.json", {k: [float(v) for v in vs] for k, vs in history.items()})
         write_json(tmp / "metrics.json", metrics)

@@ -150,24 +150,22 @@ def verify(path: str | Path, runtime: str, text: bool, gate: str, reference: Ref
         VerificationError: the file cannot be loaded, rejects a shape, or misses a threshold.
     """
     name = Path(path).name
-    try:
+    thresholds = THRESHOLDS[gate]
+    probabilities = np.zeros_like(reference.probabilities)
+    same = np.ones(len(reference.texts), bool) if thresholds.tokenization is not None else None
+    try:  # only the runtime's own calls: what fails here is the file's problem, anything else is tfkit's bug
         model = runtimes.load(path, runtime, text)
-        thresholds = THRESHOLDS[gate]
-        probabilities = np.zeros_like(reference.probabilities)
-        same = np.ones(len(reference.texts), bool) if thresholds.tokenization is not None else None
         for idx, inputs in reference.batches(text):
             probabilities[idx] = model.predict(inputs)
             if same is not None:
                 same[idx] = _same_tokens(model.token_ids(inputs), reference.encode(inputs)["token_ids"], reference)
-        result = compare(name, probabilities, reference, thresholds, same)
-        result["latency_ms"] = _latency(model, reference, text)
-    except VerificationError:
-        raise
+        latency = _latency(model, reference, text)
     except TfkitError as e:
         raise VerificationError(str(e)) from None
-    except Exception as e:  # the runtimes raise their own C++-backed kinds
-        raise VerificationError(f"{name}: {runtime} failed to run it: {str(e).splitlines()[0][:300]}") from None
-    return {**result, "runtime": model.name, **model.signature}
+    except runtimes.RUNTIME_ERRORS as e:
+        raise VerificationError(f"{name}: {runtime} failed to run it: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
+    result = compare(name, probabilities, reference, thresholds, same)
+    return {**result, "latency_ms": latency, "runtime": model.name, **model.signature}
 
 
 def _same_tokens(ours: np.ndarray, theirs: np.ndarray, reference: Reference) -> np.ndarray:

@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 
 from tfkit.commands import add_config_arguments, config_from_args
+from tfkit.config import DistillConfig
 
 HELP = {
     "teacher": "teacher model directory (default: %(default)s)",
     "student": "student preset: tiny (2x128), mini (4x256), small (4x512), from-teacher (default: teacher width, half its layers, copied)",
     "layers": "student layers (overrides the preset)", "hidden": "student width (overrides the preset)",
     "heads": "attention heads (overrides the preset)", "intermediate": "feed-forward width (overrides the preset)",
+    "epochs": "maximum epochs; early stopping on validation macro-F1 may stop sooner (default: %(default)s)",
+    "learning_rate": "peak learning rate in (0, 1] (default: %(default)s; narrow students want ~3e-4)",
+    "warmup_ratio": "share of the steps spent warming up, in [0, 1) (default: %(default)s)",
+    "weight_decay": "AdamW weight decay in [0, 1) (default: %(default)s)",
+    "dropout": "dropout rate in [0, 1) (default: %(default)s)",
+    "patience": "epochs without a better validation macro-F1 before stopping (default: %(default)s)",
+    "encoding": "text encoding of --data, e.g. latin-1 (default: %(default)s)",
     "temperature": "softmax temperature of the soft targets, > 0 (default: %(default)s)",
     "alpha": "weight of the hard-label loss in [0, 1]; the soft loss gets 1 - alpha (default: %(default)s)",
     "trim_vocab": "keep only word pieces the training data uses, plus single characters and specials (default: on)",
@@ -25,8 +33,6 @@ HELP = {
 
 
 def add_distill_arguments(parser: argparse.ArgumentParser, skip=()) -> None:
-    from tfkit.distill import DistillConfig
-
     add_config_arguments(parser, DistillConfig, HELP, skip)
 
 
@@ -34,11 +40,20 @@ def distill_command_parser(subparsers) -> None:
     parser = subparsers.add_parser("distill", help="distill a teacher into a small, fast student")
     add_distill_arguments(parser)
     parser.add_argument("--out", default="models/student", help="model directory to write (default: %(default)s)")
-    parser.set_defaults(func=distill_command)
+    parser.set_defaults(func=distill_command, check=check_distill, tensorflow=True)
+
+
+def check_distill(args: argparse.Namespace) -> None:
+    from tfkit.artifacts import check_model_dir, check_output
+
+    config = config_from_args(args, DistillConfig)
+    config.validate()
+    check_model_dir(config.teacher)
+    check_output(args.out, "model", inputs=(config.teacher, config.data))
 
 
 def distill_command(args: argparse.Namespace) -> int:
-    from tfkit.distill import DistillConfig, distill
+    from tfkit.distill import distill
 
     print(summary(args.out, distill(config_from_args(args, DistillConfig), args.out)))
     return 0

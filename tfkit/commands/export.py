@@ -5,22 +5,30 @@ from __future__ import annotations
 import argparse
 
 
-def export_command_parser(subparsers) -> None:
-    from tfkit.export import DEFAULT_FORMATS, FORMATS
+from tfkit.formats import DEFAULT_FORMATS, FORMATS
 
+
+def export_command_parser(subparsers) -> None:
     parser = subparsers.add_parser("export", help="export to TFLite and ONNX, verified against the Keras model")
     parser.add_argument("model_dir", help="a tfkit model directory, e.g. models/teacher")
     parser.add_argument("--out", help="output directory (default: export/<model dir name>)")
     parser.add_argument("--formats", metavar="LIST",
                         help=f"comma-separated formats, or all (default: {', '.join(DEFAULT_FORMATS)}; "
                              f"also: {', '.join(k for k in FORMATS if k not in DEFAULT_FORMATS)})")
-    parser.set_defaults(func=export_command)
+    parser.set_defaults(func=export_command, check=check_export, tensorflow=True)
+
+
+def check_export(args: argparse.Namespace) -> None:
+    """An unknown format, a missing model or an unsafe --out fails before TensorFlow starts."""
+    from tfkit.artifacts import check_model_dir, check_output
+    from tfkit.formats import default_out, parse_formats
+
+    parse_formats(args.formats)
+    check_model_dir(args.model_dir)
+    check_output(args.out or default_out(args.model_dir), "export", inputs=(args.model_dir,))
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from tfkit.export import parse_formats
-
-    parse_formats(args.formats)  # an unknown name fails before the model loads
     run_export(args.model_dir, args.out, args.formats)
     return 0
 

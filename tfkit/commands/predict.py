@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from tfkit.data import python_encoding
 from tfkit.errors import TfkitError
 
 
@@ -14,8 +15,21 @@ def predict_command_parser(subparsers) -> None:
     parser.add_argument("model_dir", help="a tfkit model directory, e.g. models/teacher")
     parser.add_argument("texts", nargs="*", help="texts to classify (default: one per line from --file or stdin)")
     parser.add_argument("--file", help="read texts from this file, one per line ('-' for stdin)")
+    parser.add_argument("--encoding", default="utf-8", help="text encoding of --file, e.g. latin-1 (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per text")
-    parser.set_defaults(func=predict_command)
+    parser.set_defaults(func=predict_command, check=check_predict, tensorflow=True)
+
+
+def check_predict(args: argparse.Namespace) -> None:
+    """The model directory and the texts are read before TensorFlow starts."""
+    from tfkit.artifacts import check_model_dir
+    from tfkit.config import check_encoding
+
+    check_encoding(args.encoding)
+    check_model_dir(args.model_dir)
+    args.texts = read_texts(args)
+    if not args.texts:
+        raise TfkitError(f"no texts in {args.file or 'standard input'}")
 
 
 def read_texts(args: argparse.Namespace) -> list[str]:
@@ -23,12 +37,13 @@ def read_texts(args: argparse.Namespace) -> list[str]:
         return args.texts
     if args.file and args.file != "-":
         try:
-            with open(args.file, encoding="utf-8") as f:
-                return [line.rstrip("\n") for line in f]
+            with open(args.file, encoding=python_encoding(args.encoding)) as f:
+                return [line.rstrip("\r\n") for line in f]
         except OSError as e:
             raise TfkitError(f"cannot read {args.file}: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise TfkitError(f"{args.file} is not UTF-8 text; re-save it as UTF-8") from None
+        except UnicodeDecodeError as e:
+            raise TfkitError(f"{args.file} is not {args.encoding} text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                             "pass --encoding (e.g. latin-1, cp1252) or re-save it as UTF-8") from None
     if sys.stdin.isatty() and args.file != "-":
         raise TfkitError("no texts: pass them as arguments, with --file, or on stdin")
     return [line.rstrip("\n") for line in sys.stdin]
@@ -37,7 +52,7 @@ def read_texts(args: argparse.Namespace) -> list[str]:
 def predict_command(args: argparse.Namespace) -> int:
     from tfkit.classifier import Classifier
 
-    texts = read_texts(args)
+    texts = args.texts
     classifier = Classifier.load(args.model_dir)
     probabilities = classifier.predict_proba(texts)
     for text, p in zip(texts, probabilities):

@@ -9,6 +9,7 @@ from pathlib import Path
 from tfkit.commands import distill as distill_command
 from tfkit.commands import export as export_command
 from tfkit.commands import train as train_command
+from tfkit.config import DistillConfig
 from tfkit.errors import TfkitError
 
 
@@ -20,27 +21,48 @@ def run_command_parser(subparsers) -> None:
     parser.add_argument("--models", default="models", help="where model directories go (default: %(default)s)")
     parser.add_argument("--export", default="export", help="where exported files go (default: %(default)s)")
     parser.add_argument("--formats", metavar="LIST", help="formats to export, as for `tfkit export` (default: its default)")
-    parser.set_defaults(func=run_command)
+    parser.set_defaults(func=run_command, check=check_run, tensorflow=True)
+
+
+def outputs(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """The teacher's and the student's model directories and the student's export directory."""
+    return Path(args.models) / "teacher", Path(args.models) / "student", Path(args.export) / "student"
+
+
+def distill_config(args: argparse.Namespace) -> DistillConfig:
+    extra = {"epochs": args.distill_epochs} if args.distill_epochs is not None else {}
+    return DistillConfig(teacher=str(outputs(args)[0]), student=args.student, seed=args.seed, devices=args.devices, **extra)
+
+
+def check_run(args: argparse.Namespace) -> None:
+    """Every stage's settings and outputs, checked before the first one starts (not after an hour of training)."""
+    from tfkit.artifacts import check_output
+    from tfkit.formats import parse_formats
+
+    parse_formats(args.formats)
+    if args.distill_epochs is not None and args.distill_epochs < 1:
+        raise TfkitError(f"--distill-epochs must be at least 1 (got {args.distill_epochs})")
+    config = train_command.training_config(args)
+    train_command.check_training(config)
+    distill_config(args).validate()
+    teacher_dir, student_dir, export_dir = outputs(args)
+    inputs = train_command.training_inputs(config)
+    check_output(teacher_dir, "model", inputs=inputs, flag="--models")
+    check_output(student_dir, "model", inputs=inputs, flag="--models")
+    check_output(export_dir, "export", inputs=(*inputs, teacher_dir, student_dir), flag="--export")
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from tfkit.distill import DistillConfig, distill
-    from tfkit.export import parse_formats
+    from tfkit.distill import distill
     from tfkit.train import train
 
-    parse_formats(args.formats)  # a typo fails now, not after an hour of training
-    if args.distill_epochs is not None and args.distill_epochs < 1:
-        raise TfkitError(f"--distill-epochs must be at least 1 (got {args.distill_epochs})")
-    teacher_dir, student_dir = Path(args.models) / "teacher", Path(args.models) / "student"
-    extra = {"epochs": args.distill_epochs} if args.distill_epochs is not None else {}
-    config = DistillConfig(teacher=str(teacher_dir), student=args.student, seed=args.seed, devices=args.devices, **extra)
-    config.validate()
+    teacher_dir, student_dir, export_dir = outputs(args)
     minutes, start = {}, time.perf_counter()
     print(train_command.summary(str(teacher_dir), train(train_command.training_config(args), teacher_dir)))
     minutes["teacher"], start = (time.perf_counter() - start) / 60, time.perf_counter()
-    print(distill_command.summary(str(student_dir), distill(config, student_dir)))
+    print(distill_command.summary(str(student_dir), distill(distill_config(args), student_dir)))
     minutes["student"], start = (time.perf_counter() - start) / 60, time.perf_counter()
-    export_command.run_export(student_dir, Path(args.export) / "student", args.formats)
+    export_command.run_export(student_dir, export_dir, args.formats)
     minutes["export"] = (time.perf_counter() - start) / 60
     print("wall time: " + ", ".join(f"{stage} {m:.1f} min" for stage, m in minutes.items()) + f"; total {sum(minutes.values()):.1f} min")
     return 0

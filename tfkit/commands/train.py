@@ -6,6 +6,7 @@ import argparse
 
 from tfkit import assets
 from tfkit.commands import add_config_arguments, config_from_args
+from tfkit.config import TrainConfig
 
 HELP = {
     "data": f"CSV/TSV/JSONL file or a directory with one sub-folder per class (default: built-in {assets.DEFAULT_DATA})",
@@ -13,10 +14,15 @@ HELP = {
     "test": "test file (default: 10%% of --data, stratified)",
     "text_column": "text column of CSV/TSV/JSONL data (default: %(default)s)",
     "label_column": "label column of CSV/TSV/JSONL data (default: %(default)s)",
+    "encoding": "text encoding of the data files, e.g. latin-1 or cp1252 (default: %(default)s; a byte-order mark is fine)",
     "pretrained": "HuggingFace BERT checkpoint directory (default: the bundled all-MiniLM-L6-v2)",
     "epochs": "maximum epochs; early stopping on validation macro-F1 may stop sooner (default: %(default)s)",
     "max_length": "tokens per text incl. [CLS]/[SEP] (default: covers 99%% of training texts, a multiple of 16)",
-    "learning_rate": "peak learning rate (default: 5e-5, or 1e-3 with --freeze-backbone)",
+    "learning_rate": "peak learning rate in (0, 1] (default: 5e-5, or 1e-3 with --freeze-backbone)",
+    "warmup_ratio": "share of the steps spent warming up, in [0, 1) (default: %(default)s)",
+    "weight_decay": "AdamW weight decay in [0, 1) (default: %(default)s)",
+    "dropout": "dropout rate in [0, 1) (default: %(default)s)",
+    "patience": "epochs without a better validation macro-F1 before stopping (default: %(default)s)",
     "devices": "split the CPU into N logical devices and train with MirroredStrategy (GPUs: all are used)",
     "precision": "auto (default) = mixed_bfloat16 on AMX CPUs or a GPU, where it is faster; float32 elsewhere",
     "freeze_backbone": "train only the classification head (feature extraction)",
@@ -25,15 +31,16 @@ HELP = {
 }
 
 
-def training_config(args: argparse.Namespace):
-    from tfkit.train import TrainConfig
-
+def training_config(args: argparse.Namespace) -> TrainConfig:
     return config_from_args(args, TrainConfig)
 
 
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    from tfkit.train import TrainConfig
+def training_inputs(config: TrainConfig) -> tuple:
+    """The paths a training run reads (an output may not be or contain one)."""
+    return config.data, config.val, config.test, config.pretrained
 
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, TrainConfig, HELP)
 
 
@@ -41,7 +48,34 @@ def train_command_parser(subparsers) -> None:
     parser = subparsers.add_parser("train", help="fine-tune a BERT teacher on labelled text")
     add_training_arguments(parser)
     parser.add_argument("--out", default="models/teacher", help="model directory to write (default: %(default)s)")
-    parser.set_defaults(func=train_command)
+    parser.set_defaults(func=train_command, check=check_train, tensorflow=True)
+
+
+def check_training(config: TrainConfig) -> None:
+    """Settings, data paths and the checkpoint, before TensorFlow starts (the data's contents are read later)."""
+    from pathlib import Path
+
+    from tfkit.data import data_format
+    from tfkit.errors import TfkitError
+
+    config.validate()
+    for flag, path in (("--data", config.data), ("--val", config.val), ("--test", config.test)):
+        if path and path != assets.DEFAULT_DATA:
+            if not Path(path).exists():
+                raise TfkitError(f"{flag}: data not found: {path}")
+            data_format(Path(path))
+    checkpoint = assets.check_checkpoint(config.pretrained or assets.default_teacher_dir())
+    limit = checkpoint.get("max_position_embeddings")
+    if config.max_length and limit and config.max_length > limit:
+        raise TfkitError(f"--max-length {config.max_length} exceeds the model's limit of {limit}")
+
+
+def check_train(args: argparse.Namespace) -> None:
+    from tfkit.artifacts import check_output
+
+    config = training_config(args)
+    check_training(config)
+    check_output(args.out, "model", inputs=training_inputs(config))
 
 
 def train_command(args: argparse.Namespace) -> int:
