@@ -110,11 +110,18 @@ def _alive(pid: int) -> bool:
 
 
 def _remove_stale_temporaries(out: Path) -> None:
-    """Temporary siblings of `out` left by a tfkit process that was killed (kill -9, power loss)."""
-    for sibling in out.parent.glob(f".{out.name}.*-*-*"):
+    """Temporary siblings of `out` left by a tfkit process that was killed (kill -9, power loss).
+
+    A killed two-rename swap may have left the previous artifact aside with nothing at `out`:
+    it is put back, not removed.
+    """
+    for sibling in sorted(out.parent.glob(f".{out.name}.*-*-*")):
         match = _TEMP.match(sibling.name)
-        if match and match["name"] == out.name and sibling.is_dir() and not _alive(int(match["pid"])):
-            shutil.rmtree(sibling, ignore_errors=True)
+        if not (match and match["name"] == out.name and sibling.is_dir()) or _alive(int(match["pid"])):
+            continue
+        if sibling.name.startswith(f".{out.name}.old-") and (sibling / out.name).is_dir() and not out.exists():
+            os.rename(sibling / out.name, out)
+        shutil.rmtree(sibling, ignore_errors=True)
 
 
 def _exchange(a: Path, b: Path) -> bool:
