@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tfkit.cli import main
-from tfkit.export import FORMATS
+from tfkit.formats import FORMATS
 
 
 def test_run_trains_teacher_distills_student_and_exports_it(tmp_path, sentiment_csv, tiny_checkpoint, capsys):
