@@ -172,3 +172,18 @@ def test_encoding_flag_reads_latin1_and_the_error_names_it(tmp_path):
         load_splits(path)
     s = load_splits(path, encoding="latin-1")
     assert "café crème great" in s.train.texts + s.val.texts + s.test.texts
+
+
+def test_data_report_flags_leaked_splits_missing_classes_and_duplicates(tmp_path):
+    from tfkit.data import Examples, Splits, data_report
+
+    names = ["a", "b", "c"]
+    train = Examples(["x one", "x two", "X  one", "y"] * 3, np.array([0, 1, 0, 2] * 3), names)
+    test = Examples(["x one", "fresh text"], np.array([0, 1]), names)
+    val = Examples(["new", "newer"], np.array([0, 0]), names)
+    report = data_report(Splits(train, val, test, names, dropped_empty=2))
+    assert report["classes"]["val"] == {"a": 2, "b": 0, "c": 0} and report["dropped_empty"] == 2
+    assert report["duplicates_in_train"] == 9  # "x one" and "X  one" are the same text
+    assert report["shared_with_train"] == {"val": 0, "test": 1}
+    assert any("1 of 2 test texts also appear in training" in w for w in report["warnings"])
+    assert any("fewer than 10 training examples: 'a' (6), 'b' (3), 'c' (3)" in w for w in report["warnings"])

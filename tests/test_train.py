@@ -13,7 +13,8 @@ from tfkit.cli import main
 from tfkit.classifier import Classifier
 from tfkit.devices import resolve_precision
 from tfkit.errors import TfkitError
-from tfkit.train import TrainConfig, build, prepare, train
+from tests.conftest import synthetic_rows, write_csv
+from tfkit.train import TrainConfig, build, class_weights, prepare, train, training_length
 
 # float32: numerics tests must not depend on whether this CPU has native bf16 (`auto` would pick it).
 FAST = dict(epochs=2, batch_size=16, learning_rate=5e-3, warmup_ratio=0.0, precision="float32")
@@ -168,3 +169,59 @@ def test_a_model_directory_is_self_contained(trained_teacher, tmp_path, monkeypa
     with pytest.raises(TfkitError, match=f"the training data of teacher is no longer at {data}; put it back or pass --data"):
         copy.splits()
     assert copy.heldout()[1].texts == test.texts  # export and bench need only these
+
+
+@pytest.mark.parametrize("steps, epochs, patience, expected", [
+    (321, None, None, (2, 1)),  # the built-in data: 2 epochs, as before
+    (100, None, None, (6, 1)),  # at least 600 optimizer steps
+    (29, None, None, (20, 4)),  # 900 texts: capped at 20 epochs, patience grows with them
+    (29, 3, None, (3, 1)),  # --epochs means exactly that
+    (29, None, 7, (20, 7)),
+])
+def test_training_length_follows_the_data_size(steps, epochs, patience, expected):
+    assert training_length(steps, epochs, patience)[:2] == expected
+
+
+def test_warmup_and_decay_follow_the_real_step_count(sentiment_csv, tiny_checkpoint, monkeypatch):
+    import tfkit.train
+
+    made = []  # make_optimizer's arguments: peak, total steps, warm-up ratio, weight decay
+    real = tfkit.train.make_optimizer
+    monkeypatch.setattr(tfkit.train, "make_optimizer", lambda *a: made.append(a) or real(*a))
+    config = tiny_config(sentiment_csv, tiny_checkpoint, epochs=None, warmup_ratio=0.1)
+    splits, precision = prepare(config)
+    run = build(config, splits, precision)
+    per_epoch = int(run.train_ds.cardinality())
+    assert run.config.epochs == min(20, -(-600 // per_epoch)) and run.config.patience == max(1, run.config.epochs // 5)
+    assert made[0][1:3] == (run.config.epochs * per_epoch, 0.1)
+
+
+def test_class_weights_are_computed_and_applied(tmp_path, tiny_checkpoint, monkeypatch):
+    import keras
+
+    labels = np.array([0] * 9 + [1] * 3)
+    weights, mode = class_weights(labels, 2, "auto")  # 3x imbalance: balanced
+    assert mode == "balanced" and weights == pytest.approx({0: 12 / 18, 1: 12 / 6})
+    assert class_weights(np.array([0] * 7 + [1] * 5), 2, "auto") == (None, "none")
+    assert class_weights(labels, 2, "none") == (None, "none")
+    seen = []
+    real_fit = keras.Model.fit
+    monkeypatch.setattr(keras.Model, "fit", lambda self, *a, **k: seen.append(k.get("class_weight")) or real_fit(self, *a, **k))
+    rows = [(t, y) for t, y in synthetic_rows(240) if y == "neg"] + [(t, y) for t, y in synthetic_rows(240) if y == "pos"][:30]
+    data = write_csv(tmp_path / "imbalanced.csv", rows)
+    metrics = train(tiny_config(data, tiny_checkpoint, epochs=1), tmp_path / "m")
+    assert seen == [pytest.approx({0: 120 / (2 * 96), 1: 120 / (2 * 24)})]  # the carved training split: 96 neg, 24 pos
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["training"]["class_weight"] == "balanced" and metrics["tfidf_baseline"]["class_weight"] == "balanced"
+
+
+def test_a_class_never_predicted_on_validation_is_warned_about(trained_teacher, caplog, monkeypatch):
+    from tfkit.data import load_splits
+    from tfkit.train import evaluate
+
+    classifier = Classifier.load(trained_teacher)
+    monkeypatch.setattr(classifier, "predict_logits", lambda texts: np.tile([[2.0, -2.0]], (len(texts), 1)))
+    d = classifier.config.data
+    result = evaluate(classifier, load_splits(d["source"], seed=d["split_seed"]))
+    assert result["val"]["never_predicted"] == ["pos"]
+    assert "the model never predicts pos on validation" in caplog.text

@@ -16,6 +16,7 @@ from tfkit import assets
 from tfkit.errors import TfkitError
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+CLASS_WEIGHTS = ("auto", "none", "balanced")
 STUDENT_PRESETS = {
     "tiny": dict(num_layers=2, hidden_dim=128, num_heads=2, intermediate_dim=512),
     "mini": dict(num_layers=4, hidden_dim=256, num_heads=4, intermediate_dim=1024),
@@ -81,14 +82,16 @@ class TrainConfig:
     label_column: str = "label"
     encoding: str = "utf-8"
     pretrained: str | None = None  # a HF BERT checkpoint dir; None = the default teacher
-    epochs: int = 2
+    epochs: int | None = None  # None = from the data's size (`tfkit.train.training_length`)
     batch_size: int = 32
     max_length: int | None = None  # None = chosen from the training texts' token lengths
     learning_rate: float | None = None  # None = 5e-5 fine-tuning, 1e-3 with a frozen backbone
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     dropout: float = 0.1
-    patience: int = 1
+    patience: int | None = None  # None = from the number of epochs
+    class_weight: str = "auto"  # auto | none | balanced
+    tfidf_baseline: bool = True
     seed: int = 0
     freeze_backbone: bool = False
     devices: int = 1
@@ -103,6 +106,8 @@ class TrainConfig:
             raise TfkitError(f"--max-length must be at least 8 (got {self.max_length})")
         if self.precision not in PRECISIONS:
             raise TfkitError(f"unknown --precision '{self.precision}' (choose from {', '.join(PRECISIONS)})")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise TfkitError(f"unknown --class-weight '{self.class_weight}' (choose from {', '.join(CLASS_WEIGHTS)})")
         if self.text_column == self.label_column:
             raise TfkitError(f"--text-column and --label-column are both '{self.text_column}'; they must differ")
 

@@ -314,3 +314,44 @@ def read_heldout(path: str | Path, label_names: list[str]) -> tuple[Examples, Ex
 
 def _subset(ex: Examples, idx: np.ndarray) -> Examples:
     return Examples([ex.texts[i] for i in idx], ex.labels[idx], ex.label_names)
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def data_report(splits: Splits, few: int = 10) -> dict:
+    """Examples per class per split, duplicated texts within training and across splits (leakage),
+    and warnings for what will hurt a model; logged at the start of training and saved in config.json."""
+    names = splits.label_names
+    parts = {name: getattr(splits, name) for name in ("train", "val", "test")}
+    report = {"classes": {name: {label: int(count) for label, count in zip(names, np.bincount(part.labels, minlength=len(names)))}
+                          for name, part in parts.items()}, "dropped_empty": splits.dropped_empty}
+    train = [_normalised(t) for t in splits.train.texts]
+    seen = set(train)
+    report["duplicates_in_train"] = len(train) - len(seen)
+    report["shared_with_train"] = {name: int(sum(_normalised(t) in seen for t in parts[name].texts)) for name in ("val", "test")}
+    warnings = []
+    small = [f"'{label}' ({count})" for label, count in report["classes"]["train"].items() if count < few]
+    if small:
+        warnings.append(f"class(es) with fewer than {few} training examples: {', '.join(small)}")
+    for name, shared in report["shared_with_train"].items():
+        if shared and shared >= 0.05 * len(parts[name]):
+            warnings.append(f"{shared} of {len(parts[name])} {name} texts also appear in training: "
+                            f"the {name} metrics overstate how the model does on new text")
+    if report["duplicates_in_train"] >= 0.1 * len(train):
+        warnings.append(f"{report['duplicates_in_train']} of {len(train)} training texts are duplicates")
+    report["warnings"] = warnings
+    return report
+
+
+def log_report(report: dict) -> None:
+    def counts(classes: dict) -> str:
+        if len(classes) <= 12:
+            return ", ".join(f"{label} {n}" for label, n in classes.items())
+        ordered = sorted(classes.items(), key=lambda item: item[1])
+        return f"{len(classes)} classes, {ordered[0][1]} ({ordered[0][0]}) to {ordered[-1][1]} ({ordered[-1][0]})"
+
+    log.info("examples per class: %s", "; ".join(f"{name} {counts(classes)}" for name, classes in report["classes"].items()))
+    for warning in report["warnings"]:
+        log.warning("data: %s", warning)

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import sys
 import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from tfkit import assets
 from tfkit.artifacts import atomic_dir, check_output, write_json
+from tfkit.baseline import compare as compare_with_baseline
+from tfkit.baseline import fit_baseline
 from tfkit.classifier import HELDOUT_FILE, Classifier, MacroF1, ModelConfig, build_classifier, classification_metrics
 from tfkit.config import TrainConfig
-from tfkit.data import Splits, fingerprint, load_splits, write_heldout
+from tfkit.data import Splits, data_report, fingerprint, load_splits, log_report, write_heldout
 from tfkit.devices import configure_devices, make_strategy, resolve_precision
 from tfkit.errors import TfkitError
 from tfkit.preprocess import WordPieceTokenizer, choose_max_length, length_report, make_dataset
@@ -75,6 +79,46 @@ def fit_verbosity() -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
+MIN_STEPS = 600  # optimizer steps a run gets at least: 2 epochs of the built-in data's 10,246 texts are 642
+MAX_AUTO_EPOCHS = 20
+IMBALANCE = 3.0  # `--class-weight auto` balances when the largest class has this many times the smallest's examples
+
+
+def training_length(steps_per_epoch: int, epochs: int | None = None, patience: int | None = None) -> tuple[int, int, str]:
+    """(epochs, early-stopping patience, why) for a run of `steps_per_epoch` optimizer steps an epoch.
+
+    Two epochs of a few hundred texts are a few dozen steps, too few to get past the majority
+    class; so by default a run gets at least MIN_STEPS steps (2 to MAX_AUTO_EPOCHS epochs), and
+    early stopping on validation macro-F1 with the best weights restored ends it when it stops
+    improving. An explicit --epochs means exactly that many (less if early stopping ends it).
+    """
+    if epochs is None:
+        epochs = min(MAX_AUTO_EPOCHS, max(2, math.ceil(MIN_STEPS / max(1, steps_per_epoch))))
+        why = (f"{steps_per_epoch} steps an epoch -> {epochs} epochs, for at least {MIN_STEPS} optimizer steps "
+               f"(at most {MAX_AUTO_EPOCHS} epochs)")
+    else:
+        why = "--epochs"
+    if patience is None:
+        patience = max(1, epochs // 5)
+    return epochs, patience, why
+
+
+def class_weights(labels, num_classes: int, mode: str) -> tuple[dict[int, float] | None, str]:
+    """Per-class loss weights (sklearn's 'balanced': n / (classes x count)) and the mode that was applied.
+
+    `auto` balances only when the classes are imbalanced by IMBALANCE or more (the built-in data,
+    58/42, is trained as before).
+    """
+    counts = np.bincount(labels, minlength=num_classes)
+    present = counts[counts > 0]
+    if mode == "auto":
+        mode = "balanced" if present.max() >= IMBALANCE * present.min() else "none"
+    if mode == "none":
+        return None, mode
+    weights = len(labels) / (len(present) * np.maximum(counts, 1))
+    return {i: float(w) for i, w in enumerate(weights)}, mode
+
+
 def early_stopping(patience: int) -> keras.callbacks.EarlyStopping:
     return keras.callbacks.EarlyStopping(monitor="val_macro_f1", mode="max", patience=patience,
                                          restore_best_weights=True, verbose=1)
@@ -127,14 +171,17 @@ def build(config: TrainConfig, splits: Splits, precision: str) -> Run:
         train_ds = make_dataset(tokenizer, splits.train.texts, splits.train.labels, config.batch_size,
                                 shuffle=True, seed=config.seed, bucket=config.bucket)
         val_ds = make_dataset(tokenizer, splits.val.texts, splits.val.labels, config.batch_size, bucket=config.bucket)
-        steps = config.epochs * int(train_ds.cardinality())
+        epochs, patience, why = training_length(int(train_ds.cardinality()), config.epochs, config.patience)
+        log.info("training length: %s; early stopping after %d epoch(s) without a better validation macro-F1", why, patience)
+        steps = epochs * int(train_ds.cardinality())
         model.compile(
             optimizer=make_optimizer(learning_rate, steps, config.warmup_ratio, config.weight_decay),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), MacroF1(len(splits.label_names))],
             jit_compile=config.jit_compile,
         )
-    resolved = dataclasses.replace(config, pretrained=pretrained, max_length=max_length, learning_rate=learning_rate)
+    resolved = dataclasses.replace(config, pretrained=pretrained, max_length=max_length, learning_rate=learning_rate,
+                                   epochs=epochs, patience=patience)
     return Run(model, tokenizer, train_ds, val_ds, strategy, resolved, report)
 
 
@@ -146,15 +193,25 @@ def train(config: TrainConfig, out: str | Path = "models/teacher") -> dict:
     config.validate()
     check_output(out, "model", inputs=(config.data, config.val, config.test, config.pretrained))
     splits, precision = prepare(config)
+    report = data_report(splits)
+    log_report(report)
+    weights, weighting = class_weights(splits.train.labels, len(splits.label_names), config.class_weight)
+    if weights:
+        log.info("class weights (%s): %s", weighting, ", ".join(f"{splits.label_names[i]} {w:.2f}" for i, w in weights.items()))
+    baseline = fit_baseline(splits, balanced=weights is not None, seed=config.seed) if config.tfidf_baseline else None
+    if baseline:
+        log.info("TF-IDF baseline: test accuracy %.4f, macro-F1 %.4f (%.1f s)", baseline["test"]["accuracy"],
+                 baseline["test"]["macro_f1"], baseline["seconds"])
     run = build(config, splits, precision)
+    run.config = dataclasses.replace(run.config, class_weight=weighting)
     log.info("training on %d examples (%s), %d replica(s), %s", len(splits.train), splits.sizes(),
              run.strategy.num_replicas_in_sync, precision)
     timer = EpochTimer()
-    history = run.model.fit(run.train_ds, validation_data=run.val_ds, epochs=config.epochs, verbose=fit_verbosity(),
-                            shuffle=False, callbacks=[timer, early_stopping(config.patience)])
+    history = run.model.fit(run.train_ds, validation_data=run.val_ds, epochs=run.config.epochs, verbose=fit_verbosity(),
+                            shuffle=False, class_weight=weights, callbacks=[timer, early_stopping(run.config.patience)])
     model_config = ModelConfig(
         kind="teacher", labels=splits.label_names, tokenizer=run.tokenizer.config(), precision=precision,
-        training=dataclasses.asdict(run.config), data=data_summary(config, splits, run.lengths),
+        training=dataclasses.asdict(run.config), data={**data_summary(config, splits, run.lengths), "report": report},
     )
     classifier = Classifier(run.model, run.tokenizer, model_config)
     metrics = {
@@ -167,6 +224,11 @@ def train(config: TrainConfig, out: str | Path = "models/teacher") -> dict:
         "precision": precision,
         "parameters": int(run.model.count_params()),
     }
+    if baseline:
+        metrics["tfidf_baseline"] = baseline
+        warning = compare_with_baseline(metrics, baseline)
+        if warning:
+            log.warning("%s", warning)
     save_model_dir(classifier, out, history.history, metrics, splits)
     return metrics
 
@@ -190,6 +252,11 @@ def evaluate(classifier: Classifier, splits: Splits) -> dict:
         part = getattr(splits, name)
         predictions = classifier.predict_logits(part.texts).argmax(-1)
         result[name] = classification_metrics(part.labels, predictions, splits.label_names)
+        never = [splits.label_names[i] for i in np.unique(part.labels) if i not in predictions]
+        result[name]["never_predicted"] = never
+        if never and name == "val":
+            log.warning("the model never predicts %s on validation, though the split has examples of it "
+                        "(try --class-weight balanced or more epochs)", ", ".join(never))
     log.info("test accuracy %.4f, macro-F1 %.4f", result["test"]["accuracy"], result["test"]["macro_f1"])
     return result
 

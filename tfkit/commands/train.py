@@ -16,13 +16,16 @@ HELP = {
     "label_column": "label column of CSV/TSV/JSONL data (default: %(default)s)",
     "encoding": "text encoding of the data files, e.g. latin-1 or cp1252 (default: %(default)s; a byte-order mark is fine)",
     "pretrained": "HuggingFace BERT checkpoint directory (default: the bundled all-MiniLM-L6-v2)",
-    "epochs": "maximum epochs; early stopping on validation macro-F1 may stop sooner (default: %(default)s)",
+    "epochs": "maximum epochs; early stopping on validation macro-F1 may stop sooner (default: from the data's size: "
+              "at least 600 optimizer steps, 2 to 20 epochs)",
     "max_length": "tokens per text incl. [CLS]/[SEP] (default: covers 99%% of training texts, a multiple of 16)",
     "learning_rate": "peak learning rate in (0, 1] (default: 5e-5, or 1e-3 with --freeze-backbone)",
     "warmup_ratio": "share of the steps spent warming up, in [0, 1) (default: %(default)s)",
     "weight_decay": "AdamW weight decay in [0, 1) (default: %(default)s)",
     "dropout": "dropout rate in [0, 1) (default: %(default)s)",
-    "patience": "epochs without a better validation macro-F1 before stopping (default: %(default)s)",
+    "patience": "epochs without a better validation macro-F1 before stopping (default: epochs / 5, at least 1)",
+    "class_weight": "auto (default: balanced when the largest class has 3x the smallest's examples), none, or balanced",
+    "tfidf_baseline": "also fit a TF-IDF + logistic regression baseline on the same split and report it (default: on)",
     "devices": "split the CPU into N logical devices and train with MirroredStrategy (GPUs: all are used)",
     "precision": "auto (default) = mixed_bfloat16 on AMX CPUs or a GPU, where it is faster; float32 elsewhere",
     "freeze_backbone": "train only the classification head (feature extraction)",
@@ -88,5 +91,10 @@ def train_command(args: argparse.Namespace) -> int:
 
 def summary(path: str, metrics: dict) -> str:
     test = metrics["test"]
-    return (f"{path}: test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, "
+    line = (f"{path}: test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, "
             f"{metrics['train_seconds']:.0f} s training ({metrics['examples_per_second']:.1f} examples/s)")
+    if "tfidf_baseline" in metrics:
+        base = metrics["tfidf_baseline"]["test"]
+        verdict = "beaten" if test["macro_f1"] > base["macro_f1"] else "NOT beaten"
+        line += f"; TF-IDF baseline {base['accuracy']:.4f} / {base['macro_f1']:.4f} ({verdict})"
+    return line
