@@ -126,8 +126,9 @@ def test_cli_exports_selected_formats_with_a_summary(model_dir, tmp_path, capsys
 
 
 def test_gate_removes_a_file_whose_converter_dropped_the_weights(model_dir, tmp_path, monkeypatch, capsys):
-    """TFLiteConverter.from_keras_model on a Keras 3 model loses the weights: the gate must catch it."""
-    import tensorflow as tf
+    """A converter that silently loses the weights (FIELD-NOTES: TFLiteConverter.from_keras_model on a
+    Keras 3 model wrote a file whose outputs were all NaN) must be caught by the gate, not shipped."""
+    import keras
 
     from tfkit.export import Builder
 
@@ -136,7 +137,9 @@ def test_gate_removes_a_file_whose_converter_dropped_the_weights(model_dir, tmp_
     def broken(self, fmt):
         if fmt.quantize != "none":
             return real(self, fmt)
-        return tf.lite.TFLiteConverter.from_keras_model(self.classifier.model).convert()
+        lost = keras.models.clone_model(self.classifier.model)
+        lost.set_weights([np.full_like(w, np.nan) for w in self.classifier.model.get_weights()])
+        return real(Builder(Classifier(lost, self.classifier.tokenizer, self.classifier.config), self.scratch / "lost", []), fmt)
 
     monkeypatch.setattr(Builder, "tflite", broken)
     out = tmp_path / "gated"
@@ -144,7 +147,7 @@ def test_gate_removes_a_file_whose_converter_dropped_the_weights(model_dir, tmp_
     captured = capsys.readouterr()
     assert code == 2
     error = captured.err.strip().splitlines()[-1]
-    assert error.startswith("tfkit: error: 1 of 2 format(s) failed") and "model_fp32.tflite" in error
+    assert error.startswith("tfkit: error: 1 of 2 format(s) failed") and "model_fp32.tflite: " in error and "NaN/Inf" in error
     assert "FAILED" in captured.out
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest["artifacts"]) == ["tflite-int8"] and list(manifest["failed"]) == ["tflite-fp32"]
