@@ -161,7 +161,7 @@ def test_from_teacher_student_copies_evenly_spaced_layers(tiny_checkpoint):
 
 
 def test_distill_writes_student_with_comparisons(tmp_path, teacher_dir):
-    metrics = distill(DistillConfig(teacher=teacher_dir, student="from-teacher", layers=1, **FAST), tmp_path / "student")
+    metrics = distill(DistillConfig(teacher=teacher_dir, student="from-teacher", layers=1, baseline=True, **FAST), tmp_path / "student")
     assert (tmp_path / "student" / "model.keras").exists()
     config = json.loads((tmp_path / "student" / "config.json").read_text())
     assert config["kind"] == "student" and config["labels"] == ["neg", "pos"]

@@ -136,7 +136,7 @@ class DistillConfig:
     hidden_loss: float = 0.0  # weight of the hidden-state MSE; 0 = off
     augment: int = 0  # teacher-labelled word-dropped copies of each training text
     recompute_teacher: bool = False
-    baseline: bool = True
+    baseline: bool = False  # also train the same student on hard labels (a benchmark question, off in `tfkit run`)
     data: str | None = None  # None = the teacher's own data and split
     encoding: str = "utf-8"  # of --data
     seed: int = 0
