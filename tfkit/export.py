@@ -18,6 +18,7 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+import logging
 import subprocess
 import sys
 import tempfile
@@ -27,12 +28,14 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfkit import onnx_graph
+from tfkit import mediapipe_export, onnx_graph
 from tfkit.artifacts import atomic_dir, check_writable, write_json
 from tfkit.classifier import Classifier
 from tfkit.errors import TfkitError
 from tfkit.runtimes import SIGNATURE
 from tfkit.verify import THRESHOLDS, Reference, VerificationError, verify
+
+log = logging.getLogger("tfkit")
 
 OPSET = 17
 CALIBRATION_TEXTS = 200
@@ -45,7 +48,7 @@ class Format:
     """One exported file: where it runs, how it is quantized, whether it takes raw strings."""
 
     file: str
-    runtime: str  # tflite | onnx
+    runtime: str  # tflite | onnx | mediapipe (a .tflite with TFLite Model Metadata, run by MediaPipe Tasks)
     quantize: str  # none | fp16 | dynamic-int8 | full-int8
     text: bool
     description: str
@@ -75,6 +78,8 @@ FORMATS = {
     "onnx": Format("model.onnx", "onnx", "none", False, "float32"),
     "onnx-int8": Format("model_int8.onnx", "onnx", "dynamic-int8", False, "int8 weights (ONNX Runtime dynamic quantization)"),
     "onnx-text": Format("model_text.onnx", "onnx", "none", True, "raw strings in, tokenizer inside"),
+    mediapipe_export.FORMAT: Format("model_mediapipe.tflite", "mediapipe", "dynamic-int8", True,
+                                    "for MediaPipe Tasks' TextClassifier: int8, fixed length, vocab and labels inside"),
 }
 
 
@@ -92,16 +97,25 @@ class ExportError(TfkitError):
         self.manifest = manifest
 
 
-def parse_formats(formats: str | list[str] | None) -> list[str]:
-    """Format keys in FORMATS order; None -> DEFAULT_FORMATS, `all` -> every format; unknown names fail."""
-    if formats is None:
-        return list(DEFAULT_FORMATS)
-    names = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
-    if names == ["all"]:
-        return list(FORMATS)
+def parse_formats(formats: str | list[str] | None, log_left_out: bool = False) -> list[str]:
+    """Format keys in FORMATS order; None -> DEFAULT_FORMATS, `all` -> every format; unknown names fail.
+
+    `tflite-mediapipe` needs the `mediapipe` extra: named, it fails without it; None and `all`
+    leave it out (one log line if `log_left_out`), so the other formats still export.
+    """
+    names = None if formats is None else [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+    if names is None or names == ["all"]:
+        keys = list(DEFAULT_FORMATS if names is None else FORMATS)
+        if mediapipe_export.available():
+            return keys
+        if log_left_out:
+            log.info(f"leaving out {mediapipe_export.FORMAT}: MediaPipe is not installed ({mediapipe_export.EXTRA})")
+        return [k for k in keys if k != mediapipe_export.FORMAT]
     unknown = [n for n in names if n not in FORMATS]
     if unknown or not names:
         raise TfkitError(f"unknown format '{unknown[0] if unknown else ''}' (choose from all, {', '.join(FORMATS)})")
+    if mediapipe_export.FORMAT in names:
+        mediapipe_export.require()
     return [key for key in FORMATS if key in names]
 
 
@@ -120,7 +134,7 @@ def export(model_dir: str | Path, out: str | Path | None = None, formats: str | 
     """
     from tqdm import tqdm
 
-    keys = parse_formats(formats)
+    keys = parse_formats(formats, log_left_out=True)
     model_dir = Path(model_dir)
     out = Path(out) if out else Path("export") / model_dir.resolve().name
     check_writable(out)
@@ -180,7 +194,9 @@ class Builder:
     def write(self, key: str, path: Path) -> None:
         fmt = FORMATS[key]
         try:
-            if fmt.runtime == "tflite":
+            if fmt.runtime == "mediapipe":
+                path.write_bytes(self.mediapipe(fmt, self.metadata(key)))
+            elif fmt.runtime == "tflite":
                 path.write_bytes(with_tflite_metadata(self.tflite(fmt), self.metadata(key)))
             else:
                 import onnx
@@ -197,7 +213,7 @@ class Builder:
         """What an app reads from the file itself: `labels` (one per line) and `tfkit` (JSON)."""
         fmt, tokenizer = FORMATS[key], self.classifier.tokenizer
         info = {"format": key, "labels": self.classifier.labels, "output": "probabilities",
-                "inputs": ["texts"] if fmt.text else ["token_ids", "padding_mask"],
+                "inputs": list(mediapipe_export.INPUTS) if fmt.runtime == "mediapipe" else ["texts"] if fmt.text else ["token_ids", "padding_mask"],
                 "tokenizer": {"lowercase": tokenizer.lowercase, "max_length": tokenizer.max_length,
                               "vocab_size": len(tokenizer.vocab), "pad_id": tokenizer.pad_id,
                               "cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id},
@@ -223,6 +239,24 @@ class Builder:
         return self.scratch / name
 
     @functools.cached_property
+    def mediapipe_saved_model(self) -> Path:
+        """The endpoint MediaPipe's BERT preprocessor feeds: three int32 [1, max length] inputs, probabilities out.
+
+        The segment ids are accepted and unused (the model is single-segment); the padding mask
+        makes the fixed length equivalent to the Keras model's dynamic one.
+        """
+        import keras
+
+        model, length = self.classifier.model, self.classifier.tokenizer.max_length
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        signature = [tf.TensorSpec([1, length], tf.int32, name=name) for name in mediapipe_export.INPUTS]
+        serve = lambda ids, mask, segments: {"probabilities": tf.nn.softmax(model({"token_ids": ids, "padding_mask": mask}, training=False))}
+        archive.add_endpoint(mediapipe_export.SIGNATURE, serve, input_signature=signature)
+        archive.write_out(str(self.scratch / "saved_model_mediapipe"), verbose=False)
+        return self.scratch / "saved_model_mediapipe"
+
+    @functools.cached_property
     def ids_saved_model(self) -> Path:
         return self._archive("saved_model_ids", text=False)
 
@@ -239,9 +273,12 @@ class Builder:
 
     def tflite(self, fmt: Format) -> bytes:
         """A new converter per file (a converter converts once)."""
-        converter = tf.lite.TFLiteConverter.from_saved_model(
-            str(self.text_saved_model if fmt.text else self.ids_saved_model), signature_keys=[SIGNATURE])
-        if fmt.text:  # tensorflow-text ops stay custom ops; the app links their kernels (no Flex delegate)
+        if fmt.runtime == "mediapipe":
+            source, signature = self.mediapipe_saved_model, mediapipe_export.SIGNATURE
+        else:
+            source, signature = self.text_saved_model if fmt.text else self.ids_saved_model, SIGNATURE
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(source), signature_keys=[signature])
+        if fmt.text and fmt.runtime == "tflite":  # tensorflow-text ops stay custom ops; the app links their kernels (no Flex delegate)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
             converter.allow_custom_ops = True
         if fmt.quantize != "none":
@@ -254,6 +291,15 @@ class Builder:
         with warnings.catch_warnings():  # calibration runs TF's own deprecated tf.lite.Interpreter
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
             return converter.convert()
+
+    def mediapipe(self, fmt: Format, entries: dict[str, str]) -> bytes:
+        """The .tflite MediaPipe's TextClassifier runs as it is: tfkit's `entries`, TFLite Model Metadata, vocab and labels."""
+        tokenizer, labels = self.classifier.tokenizer, self.classifier.labels
+        flatbuffer = self.tflite(fmt)
+        metadata = mediapipe_export.model_metadata(flatbuffer, labels, tokenizer.lowercase,
+                                                   f"tfkit {self.classifier.config.kind}: {', '.join(labels)}")
+        flatbuffer = with_tflite_metadata(flatbuffer, {**entries, mediapipe_export.METADATA_NAME: metadata})
+        return mediapipe_export.pack_files(flatbuffer, mediapipe_export.associated_files(tokenizer.vocab, labels))
 
     @functools.cached_property
     def onnx_fp32(self):
@@ -282,8 +328,8 @@ class Builder:
         return onnx_graph.with_tokenizer(model, self.classifier.tokenizer) if fmt.text else model
 
 
-def with_tflite_metadata(flatbuffer: bytes, entries: dict[str, str]) -> bytes:
-    """The .tflite bytes with `entries` added as named Metadata buffers.
+def with_tflite_metadata(flatbuffer: bytes, entries: dict[str, str | bytes]) -> bytes:
+    """The .tflite bytes with `entries` added as named Metadata buffers (text is stored as UTF-8).
 
     Apps read them with `tflite::FlatBufferModel::ReadAllMetadata()` (C++), or any FlatBuffers
     reader of the TFLite schema (`Model.Metadata(i).Name()` -> `Model.Buffers(...)`).
@@ -295,7 +341,7 @@ def with_tflite_metadata(flatbuffer: bytes, entries: dict[str, str]) -> bytes:
     model.metadata = [m for m in model.metadata or [] if m.name.decode() not in entries]
     for name, value in entries.items():
         buffer, meta = schema.BufferT(), schema.MetadataT()
-        buffer.data = np.frombuffer(value.encode("utf-8"), np.uint8)
+        buffer.data = np.frombuffer(value.encode("utf-8") if isinstance(value, str) else value, np.uint8)
         model.buffers.append(buffer)
         meta.name, meta.buffer = name, len(model.buffers) - 1
         model.metadata.append(meta)
