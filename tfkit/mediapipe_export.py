@@ -51,7 +51,8 @@ def require() -> None:
         raise TfkitError(f"format {FORMAT} needs MediaPipe, which is not installed: {EXTRA}")
 
 
-def _schema():
+def metadata_schema():
+    """MediaPipe's generated module of the TFLite Model Metadata schema (imported on use)."""
     from mediapipe.tasks.metadata import metadata_schema_py_generated
 
     return metadata_schema_py_generated
@@ -80,7 +81,7 @@ def model_metadata(flatbuffer: bytes, labels: list[str], lowercase: bool, descri
     if not lowercase:
         raise TfkitError("MediaPipe's BertTokenizer always lower-cases, and this model was trained cased: "
                          "it would see other tokens than in training")
-    md = _schema()
+    md = metadata_schema()
     by_tensor = {_tensor_name(k): v for k, v in INPUTS.items()}
     names = input_names(flatbuffer)
     if sorted(names) != sorted(by_tensor):
@@ -152,7 +153,7 @@ def read_metadata(data: bytes):
     """The file's TFLITE_METADATA as the schema's object API (`ModelMetadataT`); TfkitError if absent."""
     from ai_edge_litert import schema_py_generated as schema
 
-    md = _schema()
+    md = metadata_schema()
     model = schema.Model.GetRootAs(data, 0)
     for i in range(model.MetadataLength()):
         if model.Metadata(i).Name().decode() == METADATA_NAME:

@@ -143,7 +143,7 @@ class MediaPipe(Runtime):
         options = text_classifier.TextClassifierOptions(base_options=BaseOptions(**source), max_results=-1)
         try:
             return text_classifier.TextClassifier.create_from_options(options)
-        except (ValueError, RuntimeError) as e:
+        except (ValueError, RuntimeError, OSError, IndexError) as e:  # what MediaPipe maps its C++ status codes to
             raise TfkitError(f"{self.path.name}: MediaPipe's TextClassifier cannot load it: {str(e).splitlines()[0][:300]}") from None
 
     def _scores(self, classifier, text: str, size: int) -> np.ndarray:
