@@ -40,7 +40,7 @@ log = logging.getLogger("tfkit")
 OPSET = 17
 CALIBRATION_TEXTS = 200
 TOOLS = ("tensorflow", "keras", "keras-hub", "tensorflow-text", "ai-edge-litert", "tf2onnx", "onnx",
-         "onnxruntime", "onnxruntime-extensions")
+         "onnxruntime", "onnxruntime-extensions", "mediapipe")
 
 
 @dataclasses.dataclass(frozen=True)
