@@ -10,17 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("mediapipe")
+from tfkit import mediapipe_export
+from tfkit.classifier import Classifier
+from tfkit.cli import main
+from tfkit.errors import TfkitError
+from tfkit.export import DEFAULT_FORMATS, FORMATS, Builder, Format, export, parse_formats
+from tfkit.runtimes import LiteRT, MediaPipe
+from tfkit.verify import ParityError, Reference, VerificationError, verify
 
-from mediapipe.tasks.python.text import text_classifier  # noqa: E402
-
-from tfkit import mediapipe_export  # noqa: E402
-from tfkit.classifier import Classifier  # noqa: E402
-from tfkit.cli import main  # noqa: E402
-from tfkit.errors import TfkitError  # noqa: E402
-from tfkit.export import DEFAULT_FORMATS, FORMATS, Builder, Format, export, parse_formats  # noqa: E402
-from tfkit.runtimes import LiteRT, MediaPipe  # noqa: E402
-from tfkit.verify import ParityError, Reference, VerificationError, verify  # noqa: E402
+# every test but the missing-extra one runs MediaPipe (the `test` extra installs it)
+needs_mediapipe = pytest.mark.skipif(not mediapipe_export.available(), reason=f"MediaPipe is not installed: {mediapipe_export.EXTRA}")
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE = FORMATS[mediapipe_export.FORMAT].file
@@ -38,8 +37,11 @@ def classifier(trained_teacher):
     return Classifier.load(trained_teacher)
 
 
+@needs_mediapipe
 def test_text_classifier_runs_the_file_alone_like_keras(exported, classifier, tmp_path):
     """Only the .tflite, in an empty directory: MediaPipe tokenizes, names the classes, scores like Keras."""
+    from mediapipe.tasks.python.text import text_classifier
+
     out, manifest = exported
     alone = tmp_path / "app" / FILE
     alone.parent.mkdir()
@@ -62,6 +64,7 @@ def test_text_classifier_runs_the_file_alone_like_keras(exported, classifier, tm
     assert a["latency_ms"]["batch1_natural"] > 0
 
 
+@needs_mediapipe
 def test_metadata_carries_vocabulary_tokenizer_and_labels(exported, classifier):
     out, _ = exported
     data = (out / FILE).read_bytes()
@@ -92,6 +95,7 @@ def test_metadata_carries_vocabulary_tokenizer_and_labels(exported, classifier):
     assert info["inputs"] == ["input_word_ids", "input_mask", "input_type_ids"]
 
 
+@needs_mediapipe
 def test_mediapipe_token_ids_are_read_from_its_own_tokenizer(exported, classifier):
     out, _ = exported
     model = MediaPipe(out / FILE)
@@ -104,6 +108,7 @@ def test_mediapipe_token_ids_are_read_from_its_own_tokenizer(exported, classifie
     model.close()
 
 
+@needs_mediapipe
 def test_fixed_length_float32_file_matches_keras_to_float32_precision(trained_teacher, classifier, tmp_path):
     """Padding to [1, L] changes nothing but float noise: the float32 variant meets the fp32 gate's 1e-4."""
     builder = Builder(classifier, tmp_path, [])
@@ -119,6 +124,7 @@ def test_fixed_length_float32_file_matches_keras_to_float32_precision(trained_te
     model.close()
 
 
+@needs_mediapipe
 def test_gate_refuses_broken_files(exported, classifier, tmp_path):
     out, _ = exported
     test = classifier.splits().test
@@ -143,6 +149,7 @@ def test_gate_refuses_broken_files(exported, classifier, tmp_path):
         verify(without_files, "mediapipe", True, "int8", reference)
 
 
+@needs_mediapipe
 def test_a_cased_model_is_refused_with_the_reason(exported):
     out, _ = exported
     with pytest.raises(TfkitError, match="always lower-cases"):
@@ -150,7 +157,7 @@ def test_a_cased_model_is_refused_with_the_reason(exported):
 
 
 def test_missing_mediapipe_is_one_line_and_exit_2_and_the_rest_still_exports(trained_teacher, tmp_path, monkeypatch, capsys, caplog):
-    monkeypatch.setitem(sys.modules, "mediapipe", None)  # `import mediapipe` fails as if it were not installed
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # `import mediapipe` fails as if it were not installed (or it is not)
     assert not mediapipe_export.available()
     monkeypatch.setattr(Classifier, "load", lambda *a: pytest.fail("the model was loaded before the check"))
     code = main(["export", str(trained_teacher), "--out", str(tmp_path / "named"), "--formats", f"tflite-int8,{mediapipe_export.FORMAT}"])
@@ -171,6 +178,7 @@ def test_missing_mediapipe_is_one_line_and_exit_2_and_the_rest_still_exports(tra
     assert list(manifest["artifacts"]) == ["tflite-int8"] and manifest["failed"] == {}
 
 
+@needs_mediapipe
 def test_example_script_classifies_like_keras(exported, classifier):
     out, _ = exported
     texts = ["a good film", "awful and dull"]
