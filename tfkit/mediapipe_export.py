@@ -13,8 +13,9 @@ share; mediapipe 1.2's own `metadata_writers` fail to import (the compiled
 `mediapipe.tasks.cc.metadata.python` module is missing from the wheel). The one thing that
 module computed, the minimum parser version, is fixed for the fields written here.
 
-Nothing in this module imports TensorFlow: the MediaPipe runtime also uses it, to read the file's
-metadata and to build the token probe that shows which ids MediaPipe's tokenizer fed the model.
+Nothing here uses TensorFlow (though `import mediapipe` loads it when it is installed): the
+MediaPipe runtime also uses this module, to read the file's metadata and to build the token probe
+that shows which ids MediaPipe's tokenizer fed the model.
 """
 
 from __future__ import annotations
