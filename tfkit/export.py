@@ -18,6 +18,7 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+import logging
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfkit import onnx_graph
+from tfkit import mediapipe_export, onnx_graph
 from tfkit.artifacts import atomic_dir, check_output, write_json
 from tfkit.classifier import Classifier
 from tfkit.errors import TfkitError
@@ -35,10 +36,12 @@ from tfkit.formats import FORMATS, Format, default_out, parse_formats
 from tfkit.runtimes import RUNTIME_ERRORS, SIGNATURE
 from tfkit.verify import THRESHOLDS, Reference, VerificationError, verify
 
+log = logging.getLogger("tfkit")
+
 OPSET = 17
 CALIBRATION_TEXTS = 200
 TOOLS = ("tensorflow", "keras", "keras-hub", "tensorflow-text", "ai-edge-litert", "tf2onnx", "onnx",
-         "onnxruntime", "onnxruntime-extensions")
+         "onnxruntime", "onnxruntime-extensions", "mediapipe")
 
 
 class ExportError(TfkitError):
@@ -64,7 +67,7 @@ def export(model_dir: str | Path, out: str | Path | None = None, formats: str | 
     """
     from tqdm import tqdm
 
-    keys = parse_formats(formats)
+    keys = parse_formats(formats, log_left_out=True)
     model_dir = Path(model_dir)
     out = Path(out) if out else default_out(model_dir)
     check_output(out, "export", inputs=(model_dir,))
@@ -124,7 +127,9 @@ class Builder:
     def write(self, key: str, path: Path) -> None:
         fmt = FORMATS[key]
         try:
-            if fmt.runtime == "tflite":
+            if fmt.runtime == "mediapipe":
+                path.write_bytes(self.mediapipe(fmt, self.metadata(key)))
+            elif fmt.runtime == "tflite":
                 path.write_bytes(with_tflite_metadata(self.tflite(fmt), self.metadata(key)))
             else:
                 import onnx
@@ -141,7 +146,7 @@ class Builder:
         """What an app reads from the file itself: `labels` (one per line) and `tfkit` (JSON)."""
         fmt, tokenizer = FORMATS[key], self.classifier.tokenizer
         info = {"format": key, "labels": self.classifier.labels, "output": "probabilities",
-                "inputs": ["texts"] if fmt.text else ["token_ids", "padding_mask"],
+                "inputs": list(mediapipe_export.INPUTS) if fmt.runtime == "mediapipe" else ["texts"] if fmt.text else ["token_ids", "padding_mask"],
                 "tokenizer": {"lowercase": tokenizer.lowercase, "max_length": tokenizer.max_length,
                               "vocab_size": len(tokenizer.vocab), "pad_id": tokenizer.pad_id,
                               "cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id},
@@ -167,6 +172,24 @@ class Builder:
         return self.scratch / name
 
     @functools.cached_property
+    def mediapipe_saved_model(self) -> Path:
+        """The endpoint MediaPipe's BERT preprocessor feeds: three int32 [1, max length] inputs, probabilities out.
+
+        The segment ids are accepted and unused (the model is single-segment); the padding mask
+        makes the fixed length equivalent to the Keras model's dynamic one.
+        """
+        import keras
+
+        model, length = self.classifier.model, self.classifier.tokenizer.max_length
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        signature = [tf.TensorSpec([1, length], tf.int32, name=name) for name in mediapipe_export.INPUTS]
+        serve = lambda ids, mask, segments: {"probabilities": tf.nn.softmax(model({"token_ids": ids, "padding_mask": mask}, training=False))}
+        archive.add_endpoint(mediapipe_export.SIGNATURE, serve, input_signature=signature)
+        archive.write_out(str(self.scratch / "saved_model_mediapipe"), verbose=False)
+        return self.scratch / "saved_model_mediapipe"
+
+    @functools.cached_property
     def ids_saved_model(self) -> Path:
         return self._archive("saved_model_ids", text=False)
 
@@ -184,9 +207,12 @@ class Builder:
 
     def tflite(self, fmt: Format) -> bytes:
         """A new converter per file (a converter converts once)."""
-        converter = tf.lite.TFLiteConverter.from_saved_model(
-            str(self.text_saved_model if fmt.text else self.ids_saved_model), signature_keys=[SIGNATURE])
-        if fmt.text:  # tensorflow-text ops stay custom ops; the app links their kernels (no Flex delegate)
+        if fmt.runtime == "mediapipe":
+            source, signature = self.mediapipe_saved_model, mediapipe_export.SIGNATURE
+        else:
+            source, signature = self.text_saved_model if fmt.text else self.ids_saved_model, SIGNATURE
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(source), signature_keys=[signature])
+        if fmt.text and fmt.runtime == "tflite":  # tensorflow-text ops stay custom ops; the app links their kernels (no Flex delegate)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
             converter.allow_custom_ops = True
         if fmt.quantize != "none":
@@ -199,6 +225,15 @@ class Builder:
         with warnings.catch_warnings():  # calibration runs TF's own deprecated tf.lite.Interpreter
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
             return converter.convert()
+
+    def mediapipe(self, fmt: Format, entries: dict[str, str]) -> bytes:
+        """The .tflite MediaPipe's TextClassifier runs as it is: tfkit's `entries`, TFLite Model Metadata, vocab and labels."""
+        tokenizer, labels = self.classifier.tokenizer, self.classifier.labels
+        flatbuffer = self.tflite(fmt)
+        metadata = mediapipe_export.model_metadata(flatbuffer, labels, tokenizer.lowercase,
+                                                   f"tfkit {self.classifier.config.kind}: {', '.join(labels)}")
+        flatbuffer = with_tflite_metadata(flatbuffer, {**entries, mediapipe_export.METADATA_NAME: metadata})
+        return mediapipe_export.pack_files(flatbuffer, mediapipe_export.associated_files(tokenizer.vocab, labels))
 
     @functools.cached_property
     def onnx_fp32(self):
@@ -236,8 +271,8 @@ def converter_errors() -> tuple[type[BaseException], ...]:
     return (ConverterError, onnx.checker.ValidationError, *RUNTIME_ERRORS)
 
 
-def with_tflite_metadata(flatbuffer: bytes, entries: dict[str, str]) -> bytes:
-    """The .tflite bytes with `entries` added as named Metadata buffers.
+def with_tflite_metadata(flatbuffer: bytes, entries: dict[str, str | bytes]) -> bytes:
+    """The .tflite bytes with `entries` added as named Metadata buffers (text is stored as UTF-8).
 
     Apps read them with `tflite::FlatBufferModel::ReadAllMetadata()` (C++), or any FlatBuffers
     reader of the TFLite schema (`Model.Metadata(i).Name()` -> `Model.Buffers(...)`).
@@ -249,7 +284,7 @@ def with_tflite_metadata(flatbuffer: bytes, entries: dict[str, str]) -> bytes:
     model.metadata = [m for m in model.metadata or [] if m.name.decode() not in entries]
     for name, value in entries.items():
         buffer, meta = schema.BufferT(), schema.MetadataT()
-        buffer.data = np.frombuffer(value.encode("utf-8"), np.uint8)
+        buffer.data = np.frombuffer(value.encode("utf-8") if isinstance(value, str) else value, np.uint8)
         model.buffers.append(buffer)
         meta.name, meta.buffer = name, len(model.buffers) - 1
         model.metadata.append(meta)

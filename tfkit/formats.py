@@ -6,9 +6,13 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
+from tfkit import mediapipe_export
 from tfkit.errors import TfkitError
+
+log = logging.getLogger("tfkit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,7 +20,7 @@ class Format:
     """One exported file: where it runs, how it is quantized, whether it takes raw strings."""
 
     file: str
-    runtime: str  # tflite | onnx
+    runtime: str  # tflite | onnx | mediapipe (a .tflite with TFLite Model Metadata, run by MediaPipe Tasks)
     quantize: str  # none | fp16 | dynamic-int8 | full-int8
     text: bool
     description: str
@@ -46,6 +50,8 @@ FORMATS = {
     "onnx": Format("model.onnx", "onnx", "none", False, "float32"),
     "onnx-int8": Format("model_int8.onnx", "onnx", "dynamic-int8", False, "int8 weights (ONNX Runtime dynamic quantization)"),
     "onnx-text": Format("model_text.onnx", "onnx", "none", True, "raw strings in, tokenizer inside"),
+    mediapipe_export.FORMAT: Format("model_mediapipe.tflite", "mediapipe", "dynamic-int8", True,
+                                    "for MediaPipe Tasks' TextClassifier: int8, fixed length, vocab and labels inside"),
 }
 
 
@@ -55,16 +61,25 @@ FORMATS = {
 DEFAULT_FORMATS = [key for key in FORMATS if key != "tflite-int8-full"]
 
 
-def parse_formats(formats: str | list[str] | None) -> list[str]:
-    """Format keys in FORMATS order; None -> DEFAULT_FORMATS, `all` -> every format; unknown names fail."""
-    if formats is None:
-        return list(DEFAULT_FORMATS)
-    names = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
-    if names == ["all"]:
-        return list(FORMATS)
+def parse_formats(formats: str | list[str] | None, log_left_out: bool = False) -> list[str]:
+    """Format keys in FORMATS order; None -> DEFAULT_FORMATS, `all` -> every format; unknown names fail.
+
+    `tflite-mediapipe` needs the `mediapipe` extra: named, it fails without it; None and `all`
+    leave it out (one log line if `log_left_out`), so the other formats still export.
+    """
+    names = None if formats is None else [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+    if names is None or names == ["all"]:
+        keys = list(DEFAULT_FORMATS if names is None else FORMATS)
+        if mediapipe_export.available():
+            return keys
+        if log_left_out:
+            log.info("leaving out %s: MediaPipe is not installed (%s)", mediapipe_export.FORMAT, mediapipe_export.EXTRA)
+        return [k for k in keys if k != mediapipe_export.FORMAT]
     unknown = [n for n in names if n not in FORMATS]
     if unknown or not names:
         raise TfkitError(f"unknown format '{unknown[0] if unknown else ''}' (choose from all, {', '.join(FORMATS)})")
+    if mediapipe_export.FORMAT in names:
+        mediapipe_export.require()
     return [key for key in FORMATS if key in names]
 
 

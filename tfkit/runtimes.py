@@ -1,10 +1,11 @@
-"""Exported files loaded by the runtimes an app uses: LiteRT (ai-edge-litert) and ONNX Runtime.
+"""Exported files loaded by the runtimes an app uses: LiteRT (ai-edge-litert), ONNX Runtime, MediaPipe Tasks.
 
 Verification must run what ships, so nothing here touches TensorFlow or Keras: TFLite files
 run in `ai_edge_litert`'s interpreter (string-in files with the tensorflow-text custom ops
-registered), ONNX files in `onnxruntime` (string-in files with onnxruntime-extensions).
-Every exported model has one output, `probabilities` [batch, classes]; id-level models take
-int32 `token_ids` and `padding_mask` [batch, sequence], string-in models take `texts` [batch].
+registered), ONNX files in `onnxruntime` (string-in files with onnxruntime-extensions), the
+MediaPipe file in MediaPipe's own TextClassifier, which tokenizes. Every exported model has one
+output, `probabilities` [batch, classes]; id-level models take int32 `token_ids` and
+`padding_mask` [batch, sequence], string-in models take `texts` [batch].
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfkit import mediapipe_export
 from tfkit.errors import TfkitError
 
 SIGNATURE = "serve"
@@ -62,7 +64,7 @@ class LiteRT(Runtime):
 
     name = "ai-edge-litert"
 
-    def __init__(self, path: str | Path, text: bool = False, threads: int = 1):
+    def __init__(self, path: str | Path, text: bool = False, threads: int = 1, signature: str = SIGNATURE):
         from ai_edge_litert import interpreter as litert
 
         try:
@@ -74,7 +76,7 @@ class LiteRT(Runtime):
                     custom_op_registerers=tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS)
             else:
                 self.interpreter = litert.Interpreter(model_path=str(path), num_threads=threads)
-            self.runner = self.interpreter.get_signature_runner(SIGNATURE)
+            self.runner = self.interpreter.get_signature_runner(signature)
         except (ValueError, RuntimeError) as e:
             raise TfkitError(f"{Path(path).name}: LiteRT cannot load it: {str(e).splitlines()[0]}") from None
         dtype = lambda t: "string" if t in (np.bytes_, np.object_) else np.dtype(t).name
@@ -130,6 +132,68 @@ class OnnxRuntime(Runtime):
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
 
+class MediaPipe(Runtime):
+    """A .tflite with TFLite Model Metadata in MediaPipe Tasks' TextClassifier: strings in, MediaPipe tokenizes.
+
+    MediaPipe classifies one text a call and returns its categories sorted by score; `predict`
+    puts them back in the model's label order. Its Python API has no thread setting (`threads`
+    is accepted for `load`'s sake). `signature` is the file's own tensors, as LiteRT reads them.
+    """
+
+    name = "mediapipe"
+
+    def __init__(self, path: str | Path, text: bool = True, threads: int = 1):
+        self.path = Path(path)
+        self.signature = LiteRT(path, signature=mediapipe_export.SIGNATURE).signature
+        self.classes = self.signature["outputs"][0]["shape"][-1]
+        self.classifier = self._open(model_asset_path=str(path))
+
+    def _open(self, **source):
+        from mediapipe.tasks.python.core.base_options import BaseOptions
+        from mediapipe.tasks.python.text import text_classifier
+
+        options = text_classifier.TextClassifierOptions(base_options=BaseOptions(**source), max_results=-1)
+        try:
+            return text_classifier.TextClassifier.create_from_options(options)
+        except (ValueError, RuntimeError, OSError, IndexError) as e:  # what MediaPipe maps its C++ status codes to
+            raise TfkitError(f"{self.path.name}: MediaPipe's TextClassifier cannot load it: {str(e).splitlines()[0][:300]}") from None
+
+    def _scores(self, classifier, text: str, size: int) -> np.ndarray:
+        scores = np.zeros([size], np.float32)
+        for category in classifier.classify(text).classifications[0].categories:
+            scores[category.index] = category.score
+        return scores
+
+    def predict(self, inputs) -> np.ndarray:
+        if isinstance(inputs, dict):
+            raise TfkitError(f"{self.path.name}: MediaPipe takes texts, not token ids")
+        return np.stack([self._scores(self.classifier, text, self.classes) for text in inputs]).reshape(-1, self.classes)
+
+    def token_ids(self, texts: list[str]) -> list[np.ndarray]:
+        """The ids MediaPipe's tokenizer fed the model for each text ([CLS] ... [SEP], no padding).
+
+        Read by running a probe (`mediapipe_export.token_probe`: the file's tokenizer metadata and
+        vocabulary on a model that outputs its input) in MediaPipe's own TextClassifier.
+        """
+        if not hasattr(self, "_probe"):
+            self._probe = self._open(model_asset_buffer=mediapipe_export.token_probe(self.path.read_bytes()))
+        length = self.signature["inputs"][0]["shape"][-1]
+        fed = [self._scores(self._probe, text, length) for text in texts]
+        return [np.rint(f[f > 0.5] - 1).astype(np.int64) for f in fed]
+
+    def close(self) -> None:
+        """Shuts MediaPipe's graphs down now (at interpreter exit its own finalizer fails noisily)."""
+        for classifier in (self.__dict__.pop("classifier", None), self.__dict__.pop("_probe", None)):
+            if classifier is not None:
+                classifier.close()
+
+    def __del__(self):
+        self.close()
+
+
+RUNTIMES = {"tflite": LiteRT, "onnx": OnnxRuntime, "mediapipe": MediaPipe}
+
+
 def load(path: str | Path, runtime: str, text: bool = False, threads: int = 1) -> Runtime:
-    """The file at `path` in its runtime (`tflite` or `onnx`)."""
-    return (LiteRT if runtime == "tflite" else OnnxRuntime)(path, text, threads)
+    """The file at `path` in its runtime (a key of RUNTIMES: `tflite`, `onnx`, `mediapipe`)."""
+    return RUNTIMES[runtime](path, text, threads)

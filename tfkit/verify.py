@@ -11,6 +11,9 @@ implementation than the tf-text tokenizer the model was trained with, and the tw
 some characters (e.g. "…", and accented letters beyond Latin-1, which it turns into [UNK]).
 Its gate therefore reads the file's own token ids: texts it tokenizes like tf-text must meet
 float32 parity, and the share of texts it tokenizes differently is itself a gated number.
+MediaPipe's TextClassifier also tokenizes with its own BertTokenizer; its ids are read the same
+way (through a probe model, see `runtimes.MediaPipe.token_ids`) and the share is reported, while
+its gate is the int8 one: label agreement and accuracy, whatever the tokenizer did.
 """
 
 from __future__ import annotations
@@ -143,18 +146,20 @@ def verify(path: str | Path, runtime: str, text: bool, gate: str, reference: Ref
     """Runs the file at `path` in its runtime on the reference texts; parity numbers, signature and latency.
 
     Args:
-        runtime: `tflite` or `onnx`.
+        runtime: a key of `runtimes.RUNTIMES` (`tflite`, `onnx`, `mediapipe`).
         text: the file takes raw strings (tokenizer inside) rather than token ids.
-        gate: a key of THRESHOLDS (`fp32`, `fp16`, `int8`, `ort-tokenizer`).
+        gate: a key of THRESHOLDS (`fp32`, `fp16`, `int8`, `ort-tokenizer`); a file whose runtime
+            reads its own token ids also reports `tokenization_agreement`.
     Raises:
         VerificationError: the file cannot be loaded, rejects a shape, or misses a threshold.
     """
     name = Path(path).name
     thresholds = THRESHOLDS[gate]
     probabilities = np.zeros_like(reference.probabilities)
-    same = np.ones(len(reference.texts), bool) if thresholds.tokenization is not None else None
     try:  # only the runtime's own calls: what fails here is the file's problem, anything else is tfkit's bug
         model = runtimes.load(path, runtime, text)
+        reads_tokens = text and hasattr(model, "token_ids")  # a file with its own tokenizer: compare its ids
+        same = np.ones(len(reference.texts), bool) if reads_tokens else None
         for idx, inputs in reference.batches(text):
             probabilities[idx] = model.predict(inputs)
             if same is not None:

@@ -57,7 +57,8 @@ def summary(manifest: dict) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     for a in manifest["artifacts"].values():
         if a.get("tokenization_agreement", 1.0) < 1.0:
-            lines.append(f"{a['file']}: its tokenizer (onnxruntime-extensions) split {100 * (1 - a['tokenization_agreement']):.2f}% "
+            tokenizer = {"mediapipe": "MediaPipe's BertTokenizer"}.get(a["runtime"], "onnxruntime-extensions")
+            lines.append(f"{a['file']}: its tokenizer ({tokenizer}) split {100 * (1 - a['tokenization_agreement']):.2f}% "
                          f"of test texts differently from tf-text, e.g. {a['tokenization_mismatches'][0][:60]!r}; "
                          "max|dp| is over the rest")
     v = manifest["verification"]
