@@ -173,9 +173,9 @@ def test_a_model_directory_is_self_contained(trained_teacher, tmp_path, monkeypa
 
 @pytest.mark.parametrize("steps, epochs, patience, expected", [
     (321, None, None, (2, 1)),  # the built-in data: 2 epochs, as before
-    (100, None, None, (6, 1)),  # at least 600 optimizer steps
-    (29, None, None, (20, 4)),  # 900 texts: capped at 20 epochs, patience grows with them
-    (29, 3, None, (3, 1)),  # --epochs means exactly that
+    (100, None, None, (6, 2)),  # at least 600 optimizer steps
+    (29, None, None, (20, 5)),  # 900 texts: capped at 20 epochs, patience grows with them
+    (29, 3, None, (3, 2)),  # --epochs means exactly that
     (29, None, 7, (20, 7)),
 ])
 def test_training_length_follows_the_data_size(steps, epochs, patience, expected):
@@ -192,7 +192,7 @@ def test_warmup_and_decay_follow_the_real_step_count(sentiment_csv, tiny_checkpo
     splits, precision = prepare(config)
     run = build(config, splits, precision)
     per_epoch = int(run.train_ds.cardinality())
-    assert run.config.epochs == min(20, -(-600 // per_epoch)) and run.config.patience == max(1, run.config.epochs // 5)
+    assert run.config.epochs == min(20, -(-600 // per_epoch)) and run.config.patience == max(2, run.config.epochs // 4)
     assert made[0][1:3] == (run.config.epochs * per_epoch, 0.1)
 
 

@@ -98,8 +98,8 @@ def training_length(steps_per_epoch: int, epochs: int | None = None, patience: i
                f"(at most {MAX_AUTO_EPOCHS} epochs)")
     else:
         why = "--epochs"
-    if patience is None:
-        patience = max(1, epochs // 5)
+    if patience is None:  # measured: patience 1 stopped a 9-class run at its first validation dip, still learning
+        patience = 1 if epochs <= 2 else max(2, epochs // 4)
     return epochs, patience, why
 
 

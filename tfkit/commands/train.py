@@ -23,7 +23,7 @@ HELP = {
     "warmup_ratio": "share of the steps spent warming up, in [0, 1) (default: %(default)s)",
     "weight_decay": "AdamW weight decay in [0, 1) (default: %(default)s)",
     "dropout": "dropout rate in [0, 1) (default: %(default)s)",
-    "patience": "epochs without a better validation macro-F1 before stopping (default: epochs / 5, at least 1)",
+    "patience": "epochs without a better validation macro-F1 before stopping (default: 1 for 2 epochs, else epochs / 4, at least 2)",
     "class_weight": "auto (default: balanced when the largest class has 3x the smallest's examples), none, or balanced",
     "tfidf_baseline": "also fit a TF-IDF + logistic regression baseline on the same split and report it (default: on)",
     "devices": "split the CPU into N logical devices and train with MirroredStrategy (GPUs: all are used)",
