@@ -33,6 +33,7 @@ from tfkit.classifier import Classifier
 from tfkit.errors import TfkitError
 from tfkit.runtimes import SIGNATURE
 from tfkit.verify import THRESHOLDS, Reference, VerificationError, verify
+from tfkit.wordpiece import write_check
 
 OPSET = 17
 CALIBRATION_TEXTS = 200
@@ -140,6 +141,7 @@ def export(model_dir: str | Path, out: str | Path | None = None, formats: str | 
                 path.unlink(missing_ok=True)
                 failed[key] = str(e)
         classifier.tokenizer.save_vocab(tmp)
+        write_check(reference.encode, reference.texts, tmp)  # lets a server without TensorFlow prove its tokenizer
         manifest = _manifest(classifier, model_dir, reference, artifacts, failed, tmp)
         write_json(tmp / "manifest.json", manifest)
     if failed:
