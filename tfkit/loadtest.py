@@ -130,13 +130,14 @@ def in_process(path: Path, text: bool, tokenizer: FastTokenizer | None, texts: l
 
 
 def loadtest(url: str, requests: int = 2000, concurrency: int = 16, batch: int = 1, repeat: int = 1,
-             max_seconds: float = 300.0, texts: list[str] | None = None) -> dict:
+             max_seconds: float = 300.0, texts: list[str] | None = None, in_process_seconds: float = 3.0) -> dict:
     """Loads the server at `url` `repeat` times, then runs its file in-process; all numbers in one dict.
 
     Args:
         url: a loopback URL of a running `tfkit serve`.
         batch: texts per request (and the in-process batch size compared).
         max_seconds: each repeat stops issuing requests after this long.
+        in_process_seconds: how long each in-process measurement runs.
     """
     import httpx
 
@@ -159,7 +160,7 @@ def loadtest(url: str, requests: int = 2000, concurrency: int = 16, batch: int =
     tokenizer = None if text else FastTokenizer.from_export(path.parent, about["tokenizer"])
     threads = about["batching"]["threads"]
     sizes = sorted({batch, *(max(1, round(r["server_mean_batch"])) for r in runs if r["server_mean_batch"])})
-    local = {size: in_process(path, text, tokenizer, texts, size, threads) for size in sizes}
+    local = {size: in_process(path, text, tokenizer, texts, size, threads, in_process_seconds) for size in sizes}
     best = runs[-1]
     return {"url": url, "file": about["file"]["name"], "format": about["file"]["format"], "threads": threads,
             "batching": about["batching"], "concurrency": concurrency, "batch": batch, "runs": runs,

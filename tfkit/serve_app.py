@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from tfkit import __version__
 from tfkit.serve import Batcher, InferenceError, Model, ServeConfig, info
@@ -98,8 +99,17 @@ def error(status: int, message: str, **extra) -> JSONResponse:
 class Guard:
     """Pure ASGI middleware: a request id, the body-size cap (before anything reads the body), metrics by route and status."""
 
-    def __init__(self, app, max_body_bytes: int, metrics: Metrics):
-        self.app, self.max_body, self.metrics = app, max_body_bytes, metrics
+    def __init__(self, app, max_body_bytes: int, metrics: Metrics, routes=()):
+        self.app, self.max_body, self.metrics, self.routes = app, max_body_bytes, metrics, routes
+
+    def route(self, scope) -> str:
+        """The route template (`/v2/models/{name}/infer`), also for requests refused before routing; bounded label values."""
+        if getattr(scope.get("route"), "path", None):
+            return scope["route"].path
+        for route in self.routes:
+            if route.matches(scope)[0] == Match.FULL:
+                return route.path
+        return "unmatched"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -130,7 +140,7 @@ class Guard:
 
             await self.app(scope, replay, send_with_id)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = self.route(scope)
             self.metrics.requests.labels(route, str(status[0])).inc()
             self.metrics.request_duration.labels(route).observe(time.perf_counter() - start)
 
@@ -168,7 +178,7 @@ def create_app(model: Model, config: ServeConfig, on_ready=None) -> FastAPI:
 
     app = FastAPI(title=f"tfkit serve: {model.name}", version=__version__, lifespan=lifespan,
                   description=f"Text classification ({', '.join(model.labels)}) with {model.path.name} on ONNX Runtime.")
-    app.add_middleware(Guard, max_body_bytes=config.max_body_bytes, metrics=metrics)
+    app.add_middleware(Guard, max_body_bytes=config.max_body_bytes, metrics=metrics, routes=app.router.routes)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError):
@@ -188,6 +198,7 @@ def create_app(model: Model, config: ServeConfig, on_ready=None) -> FastAPI:
     async def http_error(request: Request, e: HTTPException):
         return error(e.status_code, str(e.detail))
 
+    @app.exception_handler(InferenceError)  # the batch's traceback is already in the log
     @app.exception_handler(Exception)
     async def internal(request: Request, e: Exception):
         request_id = request.scope.get("state", {}).get("request_id")
