@@ -122,7 +122,7 @@ class InProcess:
     def __init__(self, path: Path, text: bool, tokenizer: FastTokenizer | None, texts: list[str], threads: int):
         from tfkit import runtimes
 
-        self.runtime, self.tokenizer, self.texts = runtimes.OnnxRuntime(path, text, threads), tokenizer, texts
+        self.runtime, self.tokenizer, self.texts = runtimes.OnnxRuntime(path, text, threads, spin=False), tokenizer, texts
         self.offset = 0
 
     def measure(self, batch: int, seconds: float) -> tuple[int, float, float]:
@@ -172,11 +172,12 @@ def loadtest(url: str, requests: int = 2000, concurrency: int = 16, batch: int =
     runs = []
     for _ in range(repeat):
         stop_at, parts, sides = time.perf_counter() + max_seconds, [], collections.defaultdict(lambda: [0, 0.0, 0.0])
-        cpu = 0.0
+        cpu = client_cpu = 0.0
         for k in range(slices):
-            cpu_before = cpu_seconds(pid)
+            cpu_before, client_before = cpu_seconds(pid), time.process_time()
             part = asyncio.run(_http_slice(url, bodies[k * requests // slices : (k + 1) * requests // slices], concurrency, stop_at))
             cpu += cpu_seconds(pid) - cpu_before
+            client_cpu += time.process_time() - client_before
             parts.append(part)
             server_batch = max(1, round(part["batch_texts"] / part["batch_runs"])) if part["batch_runs"] else batch
             for size in sorted({batch, server_batch}):
@@ -195,6 +196,7 @@ def loadtest(url: str, requests: int = 2000, concurrency: int = 16, batch: int =
                      "texts_per_s": sent * batch / wall, **percentiles(latencies), "statuses": dict(statuses),
                      "server_5xx": sum(n for st, n in statuses.items() if st.startswith("5")),
                      "server_mean_batch": mean_batch, "server_cpu_ms_per_text": 1000 * cpu / max(1, sent * batch),
+                     "client_cpu_ms_per_request": 1000 * client_cpu / max(1, sent),
                      "server_rss_mb": rss_mb(pid), "timed_out": sent < requests, "in_process": in_process,
                      "ratio_same_batch": sent * batch / wall / same["texts_per_s"],
                      "ratio_server_batch": sent * batch / wall / near["texts_per_s"],
@@ -216,7 +218,8 @@ def summary(result: dict) -> str:
                   f"{r['texts_per_s']:.0f} texts/s; p50 {r.get('p50_ms', nan):.1f} ms, p90 {r.get('p90_ms', nan):.1f}, "
                   f"p99 {r.get('p99_ms', nan):.1f} (p99/p50 {r.get('p99_ms', nan) / r.get('p50_ms', nan):.2f}); "
                   f"statuses {r['statuses']}; server mean batch {r['server_mean_batch'] or 0:.1f}, "
-                  f"{r['server_cpu_ms_per_text']:.2f} CPU ms/text, RSS {r['server_rss_mb'] or 0:.0f} MB"
+                  f"{r['server_cpu_ms_per_text']:.2f} CPU ms/text, RSS {r['server_rss_mb'] or 0:.0f} MB; "
+                  f"this client {r['client_cpu_ms_per_request']:.2f} CPU ms/request"
                   + ("; STOPPED AT --max-seconds" if r["timed_out"] else ""),
                   f"       in-process ONNX Runtime, same file and tokenizer: {local}",
                   f"       HTTP / in-process throughput: {r['ratio_same_batch']:.2f} at the client's batch size, "

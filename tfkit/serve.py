@@ -51,7 +51,7 @@ class ServeConfig:
     max_chars: int = 10_000  # characters per text
     max_body_bytes: int = 1_000_000
     max_concurrent: int = 256  # requests admitted at once; more get 429
-    threads: int = 0  # ONNX Runtime intra-op threads; 0 = one per core
+    threads: int = 1  # ONNX Runtime intra-op threads (0 = one per core); more cores: more processes
     drain_seconds: float = 30.0  # on SIGTERM, how long in-flight requests may take
     allow_tokenizer_mismatch: bool = False
 
@@ -159,7 +159,7 @@ def load(config: ServeConfig) -> Model:
             raise TfkitError(f"tokenizer check failed: {detail} (or pass --allow-tokenizer-mismatch)")
         if check["agreement"] != 1.0:
             log.warning("SERVING WITH AN UNCHECKED OR MISMATCHED TOKENIZER: %s", check)
-    runtime = runtimes.OnnxRuntime(path, text, config.threads)
+    runtime = runtimes.OnnxRuntime(path, text, config.threads, spin=False)
     name = Path(manifest["model"].get("source") or directory.name).name or directory.resolve().name
     return Model(name, key, path, manifest, runtime, tokenizer, check)
 
