@@ -301,12 +301,14 @@ def test_bad_input_is_one_line_and_exit_2(export_dir, tmp_path, capsys, monkeypa
         assert err.startswith("tfkit: error: ") and "\n" not in err and phrase in err, (argv, err)
 
 
-def test_loadtest_reports_throughput_latency_and_the_in_process_ratio(server):
-    from tfkit.loadtest import loadtest, summary
-
-    result = loadtest(server.url, requests=24, concurrency=4, batch=2, in_process_seconds=0.3)
+def test_loadtest_reports_throughput_latency_and_the_in_process_ratio(server, tmp_path, capsys):
+    out = tmp_path / "loadtest.json"
+    assert main(["loadtest", server.url, "--requests", "24", "--concurrency", "4", "--batch", "2",
+                 "--in-process-seconds", "0.4", "--json", str(out)]) == 0
+    assert "HTTP / in-process throughput" in capsys.readouterr().out
+    result = json.loads(out.read_text())
     run = result["runs"][0]
-    assert run["statuses"] == {"200": 24} and run["server_5xx"] == 0 and run["texts"] == 48
+    assert run["statuses"] == {"200": 24} and run["server_5xx"] == 0 and run["texts"] == 48 and not run["timed_out"]
     assert 0 < run["p50_ms"] <= run["p90_ms"] <= run["p99_ms"] and run["server_rss_mb"] > 0
-    assert "2" in result["in_process_texts_per_s"] and result["ratio_vs_in_process_same_batch"] > 0
-    assert "HTTP / in-process" in summary(result)
+    assert "2" in run["in_process"] and run["in_process"]["2"]["texts_per_s"] > 0 and run["ratio_same_batch"] > 0
+    assert run["server_cpu_ms_per_text"] > 0 and run["client_cpu_ms_per_request"] > 0 and run["server_mean_batch"] >= 1

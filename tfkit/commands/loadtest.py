@@ -13,6 +13,8 @@ def loadtest_command_parser(subparsers) -> None:
     parser.add_argument("--batch", type=int, default=1, help="texts per request (default 1)")
     parser.add_argument("--repeat", type=int, default=1, help="runs back to back, e.g. 3 to see memory stay flat (default 1)")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="each run stops issuing requests after this (default 300)")
+    parser.add_argument("--in-process-seconds", type=float, default=4.0,
+                        help="in-process ONNX Runtime time per batch size per run (default 4)")
     parser.add_argument("--texts", help="a UTF-8 file, one text a line (default: the export's test texts)")
     parser.add_argument("--json", metavar="FILE", help="also write every number to this JSON file")
     parser.set_defaults(func=loadtest_command)
@@ -27,7 +29,8 @@ def loadtest_command(args: argparse.Namespace) -> int:
     texts = None
     if args.texts:
         texts = [t for t in read_texts(argparse.Namespace(texts=[], file=args.texts)) if t.strip()]
-    result = loadtest(args.url, args.requests, args.concurrency, args.batch, args.repeat, args.max_seconds, texts)
+    result = loadtest(args.url, args.requests, args.concurrency, args.batch, args.repeat, args.max_seconds, texts,
+                      args.in_process_seconds)
     print(summary(result))
     if args.json:
         write_json(args.json, result)
