@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -59,6 +60,15 @@ def check_writable(out: str | os.PathLike) -> None:
         parent = parent.parent
     if not os.access(parent, os.W_OK):
         raise TfkitError(f"cannot write to {out}: {parent} is not writable")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MB blocks (manifests record it; servers check it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import importlib.metadata
 import json
 import subprocess
@@ -28,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfkit import onnx_graph
-from tfkit.artifacts import atomic_dir, check_writable, write_json
+from tfkit.artifacts import atomic_dir, check_writable, file_sha256, write_json
 from tfkit.classifier import Classifier
 from tfkit.errors import TfkitError
 from tfkit.runtimes import SIGNATURE
@@ -309,14 +308,6 @@ def _describe(fmt: Format) -> dict:
             "text_input": fmt.text, "description": fmt.description}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _manifest(classifier: Classifier, model_dir: Path, reference: Reference, artifacts: dict, failed: dict, out: Path) -> dict:
     tokenizer = classifier.tokenizer
     versions = {}
@@ -336,6 +327,6 @@ def _manifest(classifier: Classifier, model_dir: Path, reference: Reference, art
                          "runtime_threads": 1, "thresholds": {k: dataclasses.asdict(v) for k, v in THRESHOLDS.items()}},
         "artifacts": artifacts,
         "failed": failed,
-        "files": {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(out.iterdir()) if p.is_file()},
+        "files": {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(out.iterdir()) if p.is_file()},
         "tools": {"python": sys.version.split()[0], **versions, "tfkit": classifier.config.tfkit_version},
     }

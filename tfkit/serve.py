@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tfkit import runtimes
+from tfkit.artifacts import file_sha256
 from tfkit.errors import TfkitError
 from tfkit.wordpiece import FastTokenizer
 
@@ -141,7 +141,7 @@ def load(config: ServeConfig) -> Model:
     path, expected = directory / artifact["file"], manifest["files"].get(artifact["file"], {})
     if not path.is_file():
         raise TfkitError(f"{path} is listed in the manifest but missing; re-export")
-    if _sha256(path) != expected.get("sha256"):
+    if file_sha256(path) != expected.get("sha256"):
         raise TfkitError(f"{path} differs from the file the manifest verified (sha256); re-export")
     text = bool(artifact.get("text_input"))
     if text:
@@ -162,14 +162,6 @@ def load(config: ServeConfig) -> Model:
     runtime = runtimes.OnnxRuntime(path, text, config.threads, spin=False)
     name = Path(manifest["model"].get("source") or directory.name).name or directory.resolve().name
     return Model(name, key, path, manifest, runtime, tokenizer, check)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def length_runs(lengths: list[int], max_batch: int) -> list[np.ndarray]:

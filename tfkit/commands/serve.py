@@ -35,7 +35,13 @@ def serve_command_parser(subparsers) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    import logging
+    import sys
+
     from tfkit.commands import config_from_args
     from tfkit.serve import ServeConfig, serve
 
+    if "tensorflow" in sys.modules:  # the `tfkit` launcher imports it before any command
+        logging.getLogger("tfkit.serve").info("TensorFlow was loaded by the launcher (seconds and ~800 MB); "
+                                              "`python -m tfkit.serve` runs the same server without it")
     return serve(config_from_args(args, ServeConfig))
