@@ -84,13 +84,16 @@ class Model:
     def labels(self) -> list[str]:
         return self.manifest["model"]["labels"]
 
-    def predict(self, texts: list[str]) -> np.ndarray:
-        """Probabilities [len(texts), classes] in one run: the texts should be of similar length."""
-        inputs = texts if self.tokenizer is None else self.tokenizer.encode(texts)
-        return self.runtime.predict(inputs)
+    def tokenize(self, texts: list[str]) -> list:
+        """Each text's ids (the texts themselves for a string-in file): tokenized once, sorted by length, then run."""
+        return texts if self.tokenizer is None else self.tokenizer.ids(texts)
 
-    def lengths(self, texts: list[str]) -> list[int]:
-        return [len(t) for t in texts] if self.tokenizer is None else self.tokenizer.lengths(texts)
+    def run(self, tokens: list) -> np.ndarray:
+        """Probabilities [len(tokens), classes] in one ONNX Runtime run; the rows should be of similar length."""
+        return self.runtime.predict(tokens if self.tokenizer is None else self.tokenizer.pad(tokens))
+
+    def predict(self, texts: list[str]) -> np.ndarray:
+        return self.run(self.tokenize(texts))
 
 
 def read_manifest(export_dir: str | Path) -> dict:
@@ -246,9 +249,10 @@ class Batcher:
         """All texts of a group, in runs of similar length; rows back in the group's order."""
         try:
             out = None
-            for run in length_runs(self.model.lengths(texts), self.max_batch):
+            tokens = self.model.tokenize(texts)
+            for run in length_runs([len(t) for t in tokens], self.max_batch):
                 start = time.perf_counter()
-                probabilities = self.model.predict([texts[i] for i in run])
+                probabilities = self.model.run([tokens[i] for i in run])
                 self.metrics.inference_duration.observe(time.perf_counter() - start)
                 self.metrics.batch_size.observe(len(run))
                 if out is None:

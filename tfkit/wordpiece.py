@@ -52,7 +52,6 @@ class FastTokenizer:
         tokenizer.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
         tokenizer.enable_truncation(max_length)
-        tokenizer.enable_padding(pad_id=self.pad_id, pad_token="[PAD]")
         self.tokenizer = tokenizer
 
     @classmethod
@@ -65,16 +64,22 @@ class FastTokenizer:
             raise TfkitError(f"cannot read {path}: {e}") from None
         return cls(vocab, bool(settings["lowercase"]), int(settings["max_length"]))
 
-    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """int32 `token_ids` and `padding_mask` [batch, longest in batch], as `WordPieceTokenizer.encode` gives them."""
-        encodings = self.tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], np.int32).reshape(len(texts), -1)
-        mask = np.array([e.attention_mask for e in encodings], np.int32).reshape(len(texts), -1)
-        return {"token_ids": ids, "padding_mask": mask}
+    def ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's ids, [CLS] ... [SEP], unpadded (a server sorts texts by their length before batching)."""
+        return [e.ids for e in self.tokenizer.encode_batch(texts)]
 
-    def lengths(self, texts: list[str]) -> list[int]:
-        """Token counts after truncation, special tokens included."""
-        return [sum(e.attention_mask) for e in self.tokenizer.encode_batch(texts)]
+    def pad(self, ids: list[list[int]]) -> dict[str, np.ndarray]:
+        """int32 `token_ids` and `padding_mask` [batch, longest], as `WordPieceTokenizer.encode` gives them."""
+        width = max(len(row) for row in ids)
+        token_ids = np.full([len(ids), width], self.pad_id, np.int32)
+        mask = np.zeros([len(ids), width], np.int32)
+        for i, row in enumerate(ids):
+            token_ids[i, : len(row)], mask[i, : len(row)] = row, 1
+        return {"token_ids": token_ids, "padding_mask": mask}
+
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Model inputs for `texts`, padded to the longest."""
+        return self.pad(self.ids(texts))
 
     def check(self, directory: str | Path) -> dict:
         """Compares this tokenizer's ids with the training tokenizer's, as recorded in `tokenizer_check.jsonl`.
