@@ -346,11 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m tfkit.serve EXPORT_DIR ...`: the same command as `tfkit serve`, in a process without TensorFlow."""
     import argparse
 
-    from tfkit.commands.serve import serve_command_parser
+    from tfkit.commands.serve import DESCRIPTION, add_serve_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m tfkit.serve")
-    serve_command_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    parser = argparse.ArgumentParser(prog="python -m tfkit.serve", description=DESCRIPTION)
+    add_serve_arguments(parser)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="tfkit: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)

@@ -22,16 +22,23 @@ HELP = {
 }
 
 
-def serve_command_parser(subparsers) -> None:
+DESCRIPTION = ("Serve an export directory's ONNX file over HTTP. Several processes per host: start one per core, "
+               "each on its own port, and balance across them.")
+
+
+def add_serve_arguments(parser) -> None:
+    """The flags of `tfkit serve` (also `python -m tfkit.serve`)."""
     from tfkit.commands import add_config_arguments
     from tfkit.serve import ServeConfig
 
-    parser = subparsers.add_parser("serve", help="serve an exported model over HTTP (ONNX Runtime, dynamic batching)",
-                                   description="Serve an export directory's ONNX file over HTTP. Several processes per "
-                                               "host: start one per port with --threads cores/N and balance across them.")
     parser.add_argument("export_dir", help="a tfkit export directory, e.g. export/student")
     add_config_arguments(parser, ServeConfig, HELP, skip=("export_dir",))
     parser.set_defaults(func=serve_command)
+
+
+def serve_command_parser(subparsers) -> None:
+    add_serve_arguments(subparsers.add_parser("serve", description=DESCRIPTION,
+                                              help="serve an exported model over HTTP (ONNX Runtime, dynamic batching)"))
 
 
 def serve_command(args: argparse.Namespace) -> int:
