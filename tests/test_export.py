@@ -38,7 +38,7 @@ def classifier(model_dir):
 def test_every_format_is_written_verified_and_listed(exported, classifier):
     out, manifest = exported
     assert list(manifest["artifacts"]) == list(FORMATS) and manifest["failed"] == {}
-    assert sorted(manifest["files"]) == sorted([f.file for f in FORMATS.values()] + ["vocab.txt"])
+    assert sorted(manifest["files"]) == sorted([f.file for f in FORMATS.values()] + ["vocab.txt", "tokenizer_check.jsonl"])
     assert sorted(p.name for p in out.iterdir()) == sorted([*manifest["files"], "manifest.json"])
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert not list(out.parent.glob(".exported*")), "temporary directories left behind"
@@ -125,7 +125,7 @@ def test_cli_exports_selected_formats_with_a_summary(model_dir, tmp_path, capsys
     assert "tflite-fp32" in table and "tflite-int8" in table and "max|dp|" in table
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest["artifacts"]) == ["tflite-fp32", "tflite-int8"]
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model_fp32.tflite", "model_int8.tflite", "vocab.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model_fp32.tflite", "model_int8.tflite", "tokenizer_check.jsonl", "vocab.txt"]
 
 
 def test_gate_removes_a_file_whose_converter_dropped_the_weights(model_dir, tmp_path, monkeypatch, capsys):

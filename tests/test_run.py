@@ -20,7 +20,7 @@ def test_run_trains_teacher_distills_student_and_exports_it(tmp_path, sentiment_
     assert student["training"]["teacher"] == str(tmp_path / "models" / "teacher")
     manifest = json.loads((tmp_path / "export" / "student" / "manifest.json").read_text())
     assert manifest["model"]["source"] == str(tmp_path / "models" / "student") and manifest["failed"] == {}
-    assert sorted(manifest["files"]) == sorted([FORMATS["tflite-int8"].file, FORMATS["onnx-text"].file, "vocab.txt"])
+    assert sorted(manifest["files"]) == sorted([FORMATS["tflite-int8"].file, FORMATS["onnx-text"].file, "vocab.txt", "tokenizer_check.jsonl"])
 
 
 @pytest.mark.parametrize("args, message", [

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -29,12 +28,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfkit import mediapipe_export, onnx_graph
-from tfkit.artifacts import atomic_dir, check_output, write_json
+from tfkit.artifacts import atomic_dir, check_output, file_sha256, write_json
 from tfkit.classifier import Classifier
 from tfkit.errors import TfkitError
 from tfkit.formats import FORMATS, Format, default_out, parse_formats
 from tfkit.runtimes import RUNTIME_ERRORS, SIGNATURE
 from tfkit.verify import THRESHOLDS, Reference, VerificationError, verify
+from tfkit.wordpiece import write_check
 
 log = logging.getLogger("tfkit")
 
@@ -87,6 +87,7 @@ def export(model_dir: str | Path, out: str | Path | None = None, formats: str | 
                 path.unlink(missing_ok=True)
                 failed[key] = str(e)
         classifier.tokenizer.save_vocab(tmp)
+        write_check(reference.encode, reference.texts, tmp)  # lets a server without TensorFlow prove its tokenizer
         manifest = _manifest(classifier, model_dir, reference, artifacts, failed, tmp)
         write_json(tmp / "manifest.json", manifest)
     if failed:
@@ -296,14 +297,6 @@ def _describe(fmt: Format) -> dict:
             "text_input": fmt.text, "description": fmt.description}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _manifest(classifier: Classifier, model_dir: Path, reference: Reference, artifacts: dict, failed: dict, out: Path) -> dict:
     tokenizer = classifier.tokenizer
     versions = {}
@@ -323,6 +316,6 @@ def _manifest(classifier: Classifier, model_dir: Path, reference: Reference, art
                          "runtime_threads": 1, "thresholds": {k: dataclasses.asdict(v) for k, v in THRESHOLDS.items()}},
         "artifacts": artifacts,
         "failed": failed,
-        "files": {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(out.iterdir()) if p.is_file()},
+        "files": {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(out.iterdir()) if p.is_file()},
         "tools": {"python": sys.version.split()[0], **versions, "tfkit": classifier.config.tfkit_version},
     }

@@ -94,12 +94,14 @@ class OnnxRuntime(Runtime):
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, text: bool = False, threads: int = 1):
+    def __init__(self, path: str | Path, text: bool = False, threads: int = 1, spin: bool = True):
         import onnxruntime as ort
 
         self.path = str(path)
         self.options = options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = threads
+        if not spin:  # idle ORT threads sleep instead of busy-waiting: a server's other threads need the cores
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if text:
             import onnxruntime_extensions
 
