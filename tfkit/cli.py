@@ -6,11 +6,11 @@ import argparse
 import logging
 import sys
 
-from tfkit.commands import distill, export, predict, run, train
+from tfkit.commands import bench, distill, export, predict, run, train
 from tfkit.errors import TfkitError
 
 COMMANDS = (run.run_command_parser, train.train_command_parser, distill.distill_command_parser, predict.predict_command_parser,
-            export.export_command_parser)
+            export.export_command_parser, bench.bench_command_parser)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -9,12 +9,12 @@ int32 `token_ids` and `padding_mask` [batch, sequence], string-in models take `t
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
 from tfkit.errors import TfkitError
+from tfkit.timing import measure
 
 SIGNATURE = "serve"
 
@@ -29,14 +29,8 @@ class Runtime:
         raise NotImplementedError
 
     def latency_ms(self, inputs, repeats: int = 5) -> float:
-        """Median wall time of one call in milliseconds, after one warm-up call."""
-        self.predict(inputs)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            self.predict(inputs)
-            times.append(time.perf_counter() - start)
-        return 1000 * float(np.median(times))
+        """Median wall time of one call in milliseconds, after one warm-up call (`tfkit.timing.measure`)."""
+        return measure(self.predict, [inputs], warmup=1, iterations=repeats).median
 
 
 def _spec(name: str, dtype: str, shape) -> dict:
