@@ -280,7 +280,8 @@ def _teacher_exports(teacher_dir: Path, where: str | Path | None, formats, scrat
             existing = read_export(out)
         except TfkitError:
             existing = None
-        if existing and Path(existing["model"]["source"]).resolve() == teacher_dir.resolve() \
+        newer = (out / "manifest.json").stat().st_mtime >= (teacher_dir / "model.keras").stat().st_mtime  # not a retrained teacher
+        if existing and newer and Path(existing["model"]["source"]).resolve() == teacher_dir.resolve() \
                 and set(formats) <= set(existing["artifacts"]) | set(existing.get("failed", {})):
             return existing, out
     try:
