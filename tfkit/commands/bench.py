@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 
-def add_bench_arguments(parser: argparse.ArgumentParser, threads: str = "1,2", budget: float = 2.0) -> None:
+def add_bench_arguments(parser: argparse.ArgumentParser, threads: str = "1,2", budget: float = 2.0,
+                        teacher_formats: str | None = None) -> None:
     """The measurement flags, shared with `tfkit run` (which ends with a cheaper benchmark)."""
     from tfkit.bench import TEACHER_FORMATS  # numpy only at import
 
@@ -16,7 +17,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser, threads: str = "1,2", b
     parser.add_argument("--budget", type=float, default=budget, metavar="SECONDS",
                         help="batch-1 timing per row and thread count, after warm-up (default: %(default)s)")
     parser.add_argument("--iterations", type=int, default=None, help="a fixed number of timed calls per row instead of --budget")
-    parser.add_argument("--teacher-formats", default=",".join(TEACHER_FORMATS), metavar="LIST",
+    parser.add_argument("--teacher-formats", default=teacher_formats or ",".join(TEACHER_FORMATS), metavar="LIST",
                         help="teacher files to build and compare with (default: %(default)s)")
 
 
