@@ -23,7 +23,7 @@ def header(result: dict) -> list[str]:
              f"**Libraries**: Python {m['python']}, {libs}.",
              f"**Settings**: batch 1 at natural length over {_texts(result)} test texts, {s['warmup']} warm-up calls, then "
              + (f"{s['iterations']} calls" if s["iterations"] else f"{s['budget_s']:g} s") + " per row; throughput at batch "
-             f"{s['batch_size']}, length-sorted, padded per batch (median of {s['throughput_passes']} passes); every row in "
+             f"{s['batch_size']}, length-sorted, padded per batch (median of {s['throughput_passes']} pass(es) after 3 warm-up batches); every row in "
              "a fresh process (its peak RSS after the latency loop); ratios against the teacher's Keras model at the same threads."]
     for t, peak in result["peak"].items():
         if "error" in peak:
