@@ -117,11 +117,12 @@ def plot(result: dict, path: Path) -> None:
     left.set_xlabel("batch-1 latency p50, ms (log scale)")
     left.set_ylabel("test accuracy")
     left.set_title(f"accuracy vs latency, {fewest} thread(s) (squares: teacher, circles: student)")
-    for r in rows:
+    for i, r in enumerate(rows):
         fixed = r.get("fixed_length_ms") or {}
         if fixed:
             lengths = sorted(int(n) for n in fixed)
-            right.plot(lengths, [fixed[str(n)]["p50"] for n in lengths], marker="o", label=_label(r))
+            right.plot(lengths, [fixed[str(n)]["p50"] for n in lengths], marker="o", label=_label(r), color=plt.cm.tab20(i % 20),
+                       linestyle="--" if r["network"] == "teacher" else "-")
     right.set_xlabel("sequence length, tokens")
     right.set_ylabel(f"batch-1 latency p50, ms ({fewest} thread(s))")
     right.set_yscale("log")
