@@ -200,7 +200,7 @@ def bench(export_dir: str | Path, out: str | Path | None = None, teacher: str | 
 
     Args:
         export_dir: a verified export directory (`tfkit export`), of a student or of a teacher.
-        out: where the three files go (default `bench/<export dir name>`); replaced atomically. None-like "" skips writing.
+        out: where the three files go (default `bench/<export dir name>`); replaced atomically.
         teacher, student: model directories; by default the ones the manifest and the student's config name.
         data: measure accuracy on this file's test split instead of the model's own.
         threads: thread counts, each applied to every runtime in its own fresh process.
@@ -222,8 +222,7 @@ def bench(export_dir: str | Path, out: str | Path | None = None, teacher: str | 
     export_dir = Path(export_dir)
     manifest = read_export(export_dir)
     out = Path(out) if out is not None else Path("bench") / export_dir.resolve().name
-    if str(out):
-        check_writable(out)
+    check_writable(out)
     main_dir = Path(student) if student else Path(manifest["model"]["source"])
     settings = {"export_dir": str(export_dir), "threads": threads, "lengths": lengths, "budget_s": budget_s,
                 "iterations": iterations, "warmup": warmup, "batch_size": batch_size, "throughput_passes": throughput_passes,
@@ -261,12 +260,11 @@ def bench(export_dir: str | Path, out: str | Path | None = None, teacher: str | 
                                    **(measured or {})})
     _score(result, networks)
     result["machine"]["load_average_end"] = os.getloadavg()[0]
-    if str(out):
-        with atomic_dir(out) as tmp:
-            write_json(tmp / "bench.json", result)
-            (tmp / "bench.md").write_text(bench_report.markdown(result) + "\n")
-            bench_report.plot(result, tmp / "bench.png")
-        result["out"] = str(out)
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "bench.json", result)
+        (tmp / "bench.md").write_text(bench_report.markdown(result) + "\n")
+        bench_report.plot(result, tmp / "bench.png")
+    result["out"] = str(out)
     return result
 
 

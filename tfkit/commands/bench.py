@@ -50,6 +50,5 @@ def run_bench(export_dir, args: argparse.Namespace, **kwargs) -> dict:
     result = bench(export_dir, threads=args.threads, lengths=args.lengths, budget_s=args.budget, iterations=args.iterations,
                    teacher_formats=parse_formats(args.teacher_formats), **kwargs)
     print(markdown(result))
-    if "out" in result:
-        print(f"wrote {result['out']}/bench.json, bench.md, bench.png")
+    print(f"wrote {result['out']}/bench.json, bench.md, bench.png")
     return result
