@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 
 CANDIDATES = {
@@ -37,13 +36,10 @@ CANDIDATES = {
 
 def throughput(classifier, texts: list[str], repeats: int = 5) -> float:
     """Texts per second through the Keras model (length-sorted batches of 32), best of `repeats` after a warm-up."""
-    classifier.predict_logits(texts, batch_size=32)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        classifier.predict_logits(texts, batch_size=32)
-        best = min(best, time.perf_counter() - start)
-    return len(texts) / best
+    from tfkit.timing import measure
+
+    timing = measure(lambda _: classifier.predict_logits(texts, batch_size=32), warmup=1, iterations=repeats)
+    return len(texts) / (timing.best / 1000)
 
 
 def int8_bytes(model_dir, out) -> int | None:

@@ -131,7 +131,7 @@ def test_help_and_version_are_instant_and_import_no_tensorflow(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     seconds, tensorflow, keras = done.stdout.split()
     assert tensorflow == keras == "False" and float(seconds) < 1.0, done.stdout
-    for command in ([], ["train"], ["distill"], ["export"], ["predict"], ["run"]):
+    for command in ([], ["train"], ["distill"], ["export"], ["predict"], ["run"], ["bench"], ["serve"], ["loadtest"]):
         start = time.perf_counter()
         shown = tfkit(*command, "--help", cwd=tmp_path)
         assert shown.returncode == 0 and "usage: tfkit" in shown.stdout and shown.stderr == "", command

@@ -10,12 +10,16 @@ from tfkit.formats import FORMATS
 
 def test_run_trains_teacher_distills_student_and_exports_it(tmp_path, sentiment_csv, tiny_checkpoint, capsys):
     code = main(["run", "--data", sentiment_csv, "--pretrained", tiny_checkpoint, "--models", str(tmp_path / "models"),
-                 "--export", str(tmp_path / "export"), "--epochs", "1", "--batch-size", "16", "--learning-rate", "5e-3",
+                 "--export", str(tmp_path / "export"), "--bench", str(tmp_path / "bench"), "--epochs", "1", "--batch-size", "16", "--learning-rate", "5e-3",
                  "--precision", "float32", "--distill-epochs", "1", "--formats", "tflite-int8,onnx-text"])
     assert code == 0
     out = capsys.readouterr().out
     assert "teacher: test accuracy" in out and "retained" in out and "tflite-int8" in out and "onnx-text" in out
-    assert "wall time: teacher" in out.splitlines()[-1]
+    assert "wall time: teacher" in out.splitlines()[-1] and "bench" in out.splitlines()[-1]
+    assert "| model | file | runtime | threads |" in out  # the benchmark's table
+    bench = json.loads((tmp_path / "bench" / "student" / "bench.json").read_text())
+    assert {(r["network"], r["format"]) for r in bench["rows"]} >= {("teacher", "keras-fp32"), ("student", "onnx-text")}
+    assert {r["threads"] for r in bench["rows"]} == {1} and not [r for r in bench["rows"] if r["error"]]
     student = json.loads((tmp_path / "models" / "student" / "config.json").read_text())
     assert student["training"]["teacher"] == str(tmp_path / "models" / "teacher")
     manifest = json.loads((tmp_path / "export" / "student" / "manifest.json").read_text())

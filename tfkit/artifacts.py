@@ -33,7 +33,8 @@ T = TypeVar("T")
 # What tfkit writes into each kind of artifact directory. An existing --out is replaced only when it
 # holds an artifact of the same kind and nothing else, so a user's folder is never deleted.
 MODEL_DIR_FILES = frozenset({"model.keras", "config.json", "vocab.txt", "history.json", "metrics.json", "heldout.jsonl"})
-KINDS = ("model", "export")
+BENCH_FILES = frozenset({"bench.json", "bench.md", "bench.png"})
+KINDS = ("model", "export", "bench")
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(tmp|old)-(?P<pid>\d+)-[\w]+$")
 log = logging.getLogger("tfkit")
 
@@ -47,7 +48,7 @@ def _json_object(path: Path) -> dict | None:
 
 
 def artifact_kind(path: str | os.PathLike) -> str | None:
-    """`model` or `export` when `path` is a complete tfkit artifact of that kind with nothing else in it, else None."""
+    """`model`, `export` or `bench` when `path` is a complete tfkit artifact of that kind with nothing else in it, else None."""
     path = Path(path)
     if not path.is_dir():
         return None
@@ -59,6 +60,8 @@ def artifact_kind(path: str | os.PathLike) -> str | None:
     if manifest and isinstance(manifest.get("files"), dict) and "artifacts" in manifest \
             and entries <= {*manifest["files"], "manifest.json"} and all((path / f).is_file() for f in manifest["files"]):
         return "export"
+    if (path / "bench.json").is_file() and entries <= BENCH_FILES:
+        return "bench"
     return None
 
 

@@ -14,11 +14,11 @@ import signal
 import sys
 
 from tfkit import __version__
-from tfkit.commands import distill, export, loadtest, predict, run, serve, train
+from tfkit.commands import bench, distill, export, loadtest, predict, run, serve, train
 from tfkit.errors import TfkitError
 
 COMMANDS = (run.run_command_parser, train.train_command_parser, distill.distill_command_parser, predict.predict_command_parser,
-            export.export_command_parser, serve.serve_command_parser, loadtest.loadtest_command_parser)
+            export.export_command_parser, bench.bench_command_parser, serve.serve_command_parser, loadtest.loadtest_command_parser)
 
 
 class Parser(argparse.ArgumentParser):

@@ -46,6 +46,45 @@ def name_dimensions(model: onnx.ModelProto) -> None:
                 dim.dim_param = name
 
 
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def gemm_as_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrites Gemm with a constant weight as MatMul (+ Add of the bias), in place.
+
+    tf2onnx writes keras-hub's attention projections (EinsumDense) as Gemm, and ONNX Runtime's
+    dynamic quantization only quantizes MatMul: without this, 4 of a layer's 6 weight matmuls stay float32.
+    """
+    weights = {i.name: i for i in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        plain = attrs.get("transA", 0) == 0 and attrs.get("alpha", 1.0) == 1.0 and (not has_bias or attrs.get("beta", 1.0) == 1.0)
+        if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or node.input[1] not in weights or not plain:
+            nodes.append(node)
+            continue
+        weight = node.input[1]
+        if attrs.get("transB", 0):
+            weight = node.input[1] + "_transposed"
+            model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(weights[node.input[1]]).T.copy(), weight))
+        bias = node.input[2] if has_bias else None
+        product = node.output[0] + "_matmul" if bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], weight], [product], name=node.name + "_MatMul"))
+        if bias:
+            nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=node.name + "_bias"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {name for node in model.graph.node for name in node.input}
+    unused = [i for i in model.graph.initializer if i.name not in used and i.name + "_transposed" in used]
+    for initializer in unused:  # the weights that were transposed
+        model.graph.initializer.remove(initializer)
+    return model
+
+
 def quantize_int8(model: onnx.ModelProto, scratch: Path) -> onnx.ModelProto:
     """int8 MatMul weights, per channel, with ONNX Runtime's dynamic quantization (activations quantized at run time).
 
@@ -54,11 +93,15 @@ def quantize_int8(model: onnx.ModelProto, scratch: Path) -> onnx.ModelProto:
     3-layer student: label agreement with float32 98.75% with them quantized (fails the 99% gate),
     99.38% without, at 1.27x the float32 speed. Quantizing the embedding Gather as well cut the file
     from 48 to 29 MB but lowered agreement to 99.22%, too thin a margin to be the default.
-    (keras-hub's attention projections are EinsumDense, exported as Einsum, which stays float32.)
+    keras-hub's attention projections (EinsumDense) reach ONNX as Gemm, which dynamic quantization
+    skips, so they are rewritten as MatMul first (`gemm_as_matmul`): measured on the default teacher,
+    1 thread, natural length, int8 went from 1.37x to 1.78x its float32 speed (6.56 -> 3.68 ms), label
+    agreement 99.38% (99.30% before); quantizing the FFN output projections too gave 2.4x at 98.4% (fails the gate).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source, target = scratch / "quantize_in.onnx", scratch / "quantize_out.onnx"
+    model = gemm_as_matmul(_copy(model))
     onnx.save(model, source)
     keep_float = [n.name for n in model.graph.node if n.op_type == "MatMul" and "feedforward_output" in n.name]
     silenced = logging.root.manager.disable

@@ -10,13 +10,13 @@ output, `probabilities` [batch, classes]; id-level models take int32 `token_ids`
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
 from tfkit import mediapipe_export
 from tfkit.errors import TfkitError
+from tfkit.timing import measure
 
 SIGNATURE = "serve"
 
@@ -43,14 +43,8 @@ class Runtime:
         raise NotImplementedError
 
     def latency_ms(self, inputs, repeats: int = 5) -> float:
-        """Median wall time of one call in milliseconds, after one warm-up call."""
-        self.predict(inputs)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            self.predict(inputs)
-            times.append(time.perf_counter() - start)
-        return 1000 * float(np.median(times))
+        """Median wall time of one call in milliseconds, after one warm-up call (`tfkit.timing.measure`)."""
+        return measure(self.predict, [inputs], warmup=1, iterations=repeats).median
 
 
 def _spec(name: str, dtype: str, shape) -> dict:
@@ -198,4 +192,6 @@ RUNTIMES = {"tflite": LiteRT, "onnx": OnnxRuntime, "mediapipe": MediaPipe}
 
 def load(path: str | Path, runtime: str, text: bool = False, threads: int = 1) -> Runtime:
     """The file at `path` in its runtime (a key of RUNTIMES: `tflite`, `onnx`, `mediapipe`)."""
+    if runtime not in RUNTIMES:
+        raise TfkitError(f"{Path(path).name}: no runtime '{runtime}' in this tfkit (known: {', '.join(RUNTIMES)})")
     return RUNTIMES[runtime](path, text, threads)
