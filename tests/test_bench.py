@@ -12,7 +12,7 @@ from tfkit.bench_report import pareto
 from tfkit.cli import main
 from tfkit.timing import measure
 
-FILES = ("tflite-int8", "onnx", "tflite-text")  # LiteRT, ONNX Runtime, a string-in file
+FILES = ("tflite-int8", "onnx", "tflite-text", "tflite-mediapipe")  # LiteRT, ONNX Runtime, string-in files
 FIELDS = ("runtime", "runtime_version", "format", "precision", "size_bytes", "threads", "threads_applied", "load_ms",
           "first_inference_ms", "latency_ms", "latency_settings", "fixed_length_ms", "throughput", "peak_rss_mb",
           "accuracy", "macro_f1", "agreement", "speedup_vs_teacher_keras", "smaller_than_teacher_keras",
@@ -67,7 +67,7 @@ def test_every_row_has_every_field_and_ordered_percentiles(student_bench):
     assert {(r["network"], r["format"], r["threads"]) for r in rows} == expected
     for r in rows:
         assert r["error"] is None, r
-        no_counterpart = r["network"] == "teacher" or r["format"] == "tflite-text"  # the teacher export has no such file
+        no_counterpart = r["network"] == "teacher" or r["format"] in ("tflite-text", "tflite-mediapipe")  # none in the teacher export
         missing = [f for f in FIELDS if f not in r or (r[f] is None and not (f.endswith("same_format") and no_counterpart))]
         assert not missing, (r["network"], r["file"], missing)
         lat = r["latency_ms"]
