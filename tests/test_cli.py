@@ -104,6 +104,13 @@ REFUSED = [
     ("a run with an unknown format", ["run", "--formats", "bogus"], "unknown format 'bogus'"),
     ("a run whose models folder is the user's", ["run", "--models", "mine"], "--models mine/teacher already exists and holds files"),
     ("a run with zero student epochs", ["run", "--distill-epochs", "0"], "--distill-epochs must be at least 1"),
+    ("benchmarking an export that does not exist", ["bench", "nope"], "export directory nope not found"),
+    ("benchmarking a folder that is not an export", ["bench", "mine"], "mine is not a complete tfkit export"),
+    ("a benchmark with zero threads", ["bench", "export/old", "--threads", "0"], "--threads takes comma-separated positive integers"),
+    ("serving a folder that is not an export", ["serve", "mine"], "mine is not a tfkit export (no manifest.json)"),
+    ("a port out of range", ["serve", "export/old", "--port", "70000"], "port 70000 is out of range"),
+    ("a load test aimed at another machine", ["loadtest", "http://10.0.0.1:8080", "--requests", "10"],
+     "10.0.0.1 is not a loopback address"),
 ]
 
 
