@@ -206,6 +206,19 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def package_versions(names) -> dict[str, str | None]:
+    """Installed versions of `names` (None when absent), as manifests and benchmarks record them."""
+    import importlib.metadata
+
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Writes JSON (dataclasses included) atomically."""
     path = Path(path)

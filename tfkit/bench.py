@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfkit.artifacts import atomic_dir, check_output, read_json, write_json
+from tfkit.artifacts import atomic_dir, check_output, package_versions, read_json, write_json
 from tfkit.errors import TfkitError
 
 log = logging.getLogger("tfkit")
@@ -98,7 +98,6 @@ def flops(arch: dict, length: int, classes: int) -> int:
 
 def machine() -> dict:
     """CPU model, the flags that matter for these kernels, cores, load, library versions."""
-    import importlib.metadata
     import platform
 
     model, flags = platform.processor(), set()
@@ -110,12 +109,7 @@ def machine() -> dict:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    versions = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = package_versions(LIBRARIES)
     return {"cpu": model, "cores": os.cpu_count(), "flags": {f: f in flags for f in CPU_FLAGS},
             "python": sys.version.split()[0], "libraries": versions, "load_average_start": os.getloadavg()[0]}
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.metadata
 import json
 import logging
 import subprocess
@@ -28,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfkit import mediapipe_export, onnx_graph
-from tfkit.artifacts import atomic_dir, check_output, file_sha256, write_json
+from tfkit.artifacts import atomic_dir, check_output, file_sha256, package_versions, write_json
 from tfkit.classifier import Classifier
 from tfkit.errors import TfkitError
 from tfkit.formats import FORMATS, Format, default_out, parse_formats
@@ -299,12 +298,7 @@ def _describe(fmt: Format) -> dict:
 
 def _manifest(classifier: Classifier, model_dir: Path, reference: Reference, artifacts: dict, failed: dict, out: Path) -> dict:
     tokenizer = classifier.tokenizer
-    versions = {}
-    for tool in TOOLS:
-        try:
-            versions[tool] = importlib.metadata.version(tool)
-        except importlib.metadata.PackageNotFoundError:
-            versions[tool] = None
+    versions = package_versions(TOOLS)
     return {
         "model": {"source": str(model_dir), "kind": classifier.config.kind, "labels": classifier.labels,
                   "max_length": tokenizer.max_length, "trained_precision": classifier.config.precision,
