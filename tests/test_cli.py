@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tfkit(*args, cwd, stdin=None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**{k: v for k, v in os.environ.items() if k != "TF_CONFIG"}, "PYTHONPATH": str(ROOT)}
+    if args and isinstance(args[0], dict):  # environment variables first, as in `TF_CONFIG=... tfkit train`
+        env, args = {**env, **args[0]}, args[1:]
     return subprocess.run([sys.executable, "-m", "tfkit.cli", *args], cwd=cwd, capture_output=True, text=True,
                           input=stdin, env=env, timeout=300)
 
@@ -52,12 +54,16 @@ def workspace(tmp_path_factory):
     (root / "export" / "old").mkdir(parents=True)
     (root / "export" / "old" / "vocab.txt").write_text("[PAD]\n")
     (root / "export" / "old" / "manifest.json").write_text(json.dumps({"artifacts": {}, "files": {"vocab.txt": {}}}))
+    (root / "models" / ".interrupted.resume" / "teacher").mkdir(parents=True)  # another run's checkpoints
+    (root / "models" / ".interrupted.resume" / "teacher" / "resume.json").write_text(json.dumps(
+        {"settings": {"config": {"epochs": 9}}, "checkpoint": "step-000000010"}))
     (root / "empty.txt").write_text("")
     (root / "file").write_text("a file, not a folder")
     return root
 
 
 TRAIN = ["train", "--data", "data.csv", "--pretrained", "ckpt", "--epochs", "1"]
+TWO_WORKERS = {"cluster": {"worker": ["127.0.0.1:29001", "127.0.0.1:29002"]}, "task": {"type": "worker", "index": 0}}
 # (what is refused, the command line, a fragment of the one line it gets). Keep README's table in step.
 REFUSED = [
     ("training data that does not exist", ["train", "--data", "nope.csv"], "data not found: nope.csv"),
@@ -85,6 +91,18 @@ REFUSED = [
     ("--out that is another kind of artifact", [*TRAIN, "--out", "export/old"], "is a tfkit export directory, not a model directory"),
     ("--out that contains the training data", ["train", "--data", "mine/reviews.csv", "--pretrained", "ckpt", "--out", "mine"],
      "--out mine contains the input mine/reviews.csv"),
+    ("an unknown strategy", [*TRAIN, "--strategy", "ps"], "unknown --strategy 'ps'"),
+    ("a checkpoint interval of zero", [*TRAIN, "--checkpoint-every", "0"], "--checkpoint-every must be at least 1 (got 0)"),
+    ("--strategy multiworker without TF_CONFIG", [*TRAIN, "--strategy", "multiworker"], "--strategy multiworker needs TF_CONFIG"),
+    ("TF_CONFIG that is not JSON", [{"TF_CONFIG": "{cluster"}, *TRAIN], "TF_CONFIG is not valid JSON"),
+    ("TF_CONFIG without a task", [{"TF_CONFIG": json.dumps({"cluster": TWO_WORKERS["cluster"]})}, *TRAIN],
+     'TF_CONFIG has no "task"'),
+    ("a TF_CONFIG task index out of range", [{"TF_CONFIG": json.dumps({**TWO_WORKERS, "task": {"type": "worker", "index": 2}})}, *TRAIN],
+     "TF_CONFIG task index 2 is out of range: the cluster has 2 worker task(s)"),
+    ("several workers with several devices each", [{"TF_CONFIG": json.dumps(TWO_WORKERS)}, *TRAIN, "--devices", "2", "--batch-size", "16"],
+     "--strategy multiworker trains one device per worker"),
+    ("checkpoints of a run with other settings", [*TRAIN, "--out", "models/interrupted"],
+     "models/.interrupted.resume holds the checkpoints of a run with other settings"),
     ("a teacher that is not a model directory", ["distill", "--teacher", "mine"], "not a tfkit model directory: mine"),
     ("an unknown student preset", ["distill", "--teacher", "models/teacher", "--student", "huge"], "unknown student preset 'huge'"),
     ("a from-teacher student with its own heads", ["distill", "--teacher", "models/teacher", "--heads", "4"],
@@ -104,6 +122,7 @@ REFUSED = [
     ("a run with an unknown format", ["run", "--formats", "bogus"], "unknown format 'bogus'"),
     ("a run whose models folder is the user's", ["run", "--models", "mine"], "--models mine/teacher already exists and holds files"),
     ("a run with zero student epochs", ["run", "--distill-epochs", "0"], "--distill-epochs must be at least 1"),
+    ("a whole run across several machines", [{"TF_CONFIG": json.dumps(TWO_WORKERS)}, "run"], "tfkit run trains on one machine"),
     ("benchmarking an export that does not exist", ["bench", "nope"], "export directory nope not found"),
     ("benchmarking a folder that is not an export", ["bench", "mine"], "mine is not a complete tfkit export"),
     ("a benchmark with zero threads", ["bench", "export/old", "--threads", "0"], "--threads takes comma-separated positive integers"),

@@ -13,6 +13,7 @@ import dataclasses
 import math
 
 from tfkit import assets
+from tfkit.cluster import STRATEGIES
 from tfkit.errors import TfkitError
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
@@ -69,6 +70,9 @@ def check_common(config) -> None:
     if config.batch_size % config.devices:
         raise TfkitError(f"--batch-size {config.batch_size} must be divisible by --devices {config.devices}")
     check_encoding(config.encoding)
+    check_at_least(config, ("checkpoint_every",), 1)
+    if config.strategy not in STRATEGIES:
+        raise TfkitError(f"unknown --strategy '{config.strategy}' (choose from {', '.join(STRATEGIES)})")
 
 
 @dataclasses.dataclass
@@ -95,6 +99,8 @@ class TrainConfig:
     seed: int = 0
     freeze_backbone: bool = False
     devices: int = 1
+    strategy: str = "auto"  # auto | single | mirrored | multiworker (`tfkit.cluster.resolve_strategy`)
+    checkpoint_every: int | None = None  # optimizer steps between training checkpoints; None = each epoch
     precision: str = "auto"
     bucket: bool = True
     jit_compile: bool = False
@@ -141,6 +147,8 @@ class DistillConfig:
     encoding: str = "utf-8"  # of --data
     seed: int = 0
     devices: int = 1
+    strategy: str = "auto"
+    checkpoint_every: int | None = None
 
     def validate(self) -> None:
         """Fails on settings that are wrong whatever the teacher (checked before any work)."""

@@ -7,12 +7,14 @@ devices so MirroredStrategy really mirrors on a CPU-only machine (and tests can 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 
 import tensorflow as tf
 
+from tfkit.cluster import Cluster, join_timeout, resolve_strategy, wait_for_workers
 from tfkit.config import PRECISIONS
 from tfkit.errors import TfkitError
 
@@ -77,13 +79,61 @@ def configure_devices(devices: int = 1, threads: int | None = None) -> None:
             raise TfkitError(f"cannot use {devices} devices: TensorFlow already started with {have}") from None
 
 
-def make_strategy(devices: int = 1) -> tf.distribute.Strategy:
-    """MirroredStrategy over all GPUs, or over `devices` logical CPUs; the default strategy for one CPU."""
-    if tf.config.list_logical_devices("GPU"):
+@dataclasses.dataclass
+class Placement:
+    """Where a training run's replicas are: the strategy, and the cluster when there are several workers."""
+
+    kind: str  # single | mirrored | multiworker
+    strategy: tf.distribute.Strategy
+    cluster: Cluster | None = None
+
+    @property
+    def is_chief(self) -> bool:
+        return self.cluster is None or self.cluster.is_chief
+
+    def describe(self) -> str:
+        replicas = self.strategy.num_replicas_in_sync
+        if self.cluster:
+            return f"{len(self.cluster.workers)} workers (this is worker {self.cluster.index}), {replicas} replicas"
+        return f"{replicas} replica(s)"
+
+
+def place(strategy: str = "auto", devices: int = 1) -> Placement:
+    """Resolves `--strategy` and `--devices`, splits the CPU and creates the strategy (the run's first TensorFlow op)."""
+    kind, cluster = resolve_strategy(strategy, devices)
+    configure_devices(devices)
+    if cluster and cluster.on_this_host() > 1:  # co-located workers share the cores instead of fighting over them
+        tf.config.threading.set_intra_op_parallelism_threads(max(1, (os.cpu_count() or 1) // cluster.on_this_host()))
+    return Placement(kind, make_strategy(kind, devices, cluster), cluster)
+
+
+def make_strategy(kind: str = "single", devices: int = 1, cluster: Cluster | None = None) -> tf.distribute.Strategy:
+    """The strategy `tfkit.cluster.resolve_strategy` chose; call it before any other TensorFlow op.
+
+    `single`: TensorFlow's default strategy. `mirrored`: MirroredStrategy over all GPUs, or over
+    `devices` logical CPUs. `multiworker`: MultiWorkerMirroredStrategy over the `TF_CONFIG`
+    cluster, which waits at most `join_timeout()` seconds for every worker to start.
+    """
+    if kind == "multiworker":
+        return _multiworker(cluster)
+    if kind == "mirrored" and tf.config.list_logical_devices("GPU"):
         return tf.distribute.MirroredStrategy()
-    if devices > 1:
+    if kind == "mirrored":
         # Collective all-gather of sparse (embedding) gradients fails when a remainder batch splits
         # unevenly across replicas ("Shape mismatch in the collective"); reducing on one device does not.
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")[:devices]]
         return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
     return tf.distribute.get_strategy()
+
+
+@functools.cache
+def _multiworker(cluster: Cluster) -> tf.distribute.Strategy:
+    """One MultiWorkerMirroredStrategy per process (TensorFlow allows no second), once every worker is up."""
+    timeout = join_timeout()
+    log.info("worker %d of %d (%s): waiting up to %d s for the others", cluster.index, len(cluster.workers),
+             cluster.address, timeout)
+    wait_for_workers(cluster, timeout)
+    options = tf.distribute.experimental.CommunicationOptions(implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    log.info("cluster of %d workers ready", strategy.num_replicas_in_sync)
+    return strategy

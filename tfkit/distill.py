@@ -18,6 +18,7 @@ between widths, so the hidden-state term is written here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from pathlib import Path
@@ -28,12 +29,14 @@ import numpy as np
 from tfkit.artifacts import check_output
 from tfkit.classifier import Classifier, MacroF1, ModelConfig, backbone_of, build_classifier, classification_metrics
 from tfkit.config import DistillConfig, check_distill_args
-from tfkit.devices import configure_devices, make_strategy
+from tfkit.devices import place
+from tfkit.loop import Schedule, fit_model, verbosity
+from tfkit.resume import check_resume, remove_resume, resume_dir, run_settings
 from tfkit.data import fingerprint
 from tfkit.errors import TfkitError
-from tfkit.preprocess import make_dataset
+from tfkit.preprocess import batch_count, make_dataset, make_stream
 from tfkit.student import make_student, student_shape, student_tokenizer, trim_vocab
-from tfkit.train import EpochTimer, early_stopping, evaluate, fit_verbosity, make_optimizer, save_model_dir
+from tfkit.train import evaluate, make_optimizer, save_model_dir
 
 log = logging.getLogger("tfkit")
 
@@ -180,7 +183,9 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
     """Distills the teacher model dir into a student model dir `out`; returns its metrics."""
     config.validate()
     check_output(out, "model", inputs=(config.teacher, config.data))
-    configure_devices(config.devices)
+    settings = run_settings(config, {"teacher": config.teacher, "data": config.data})
+    check_resume(out, settings)
+    placement = place(config.strategy, config.devices)  # before any other TensorFlow op (the teacher's too)
     teacher = Classifier.load(config.teacher)
     splits = _teacher_splits(teacher, config)
     shape = student_shape(backbone_of(teacher.model), config.student, config.layers, config.hidden,
@@ -204,23 +209,28 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
     results = {}
     for name, (alpha, hidden_loss, data) in runs.items():
         keras.utils.set_random_seed(config.seed)
-        strategy = make_strategy(config.devices)
-        with strategy.scope():
+        with placement.strategy.scope():
             student = build_classifier(make_student(backbone_of(teacher.model), shape, keep, config.dropout, config.seed),
                                        len(teacher.labels), config.dropout, config.seed)
-            train_ds = make_dataset(tokenizer, data["texts"], targets(data), config.batch_size, shuffle=True, seed=config.seed)
+            steps = batch_count(tokenizer, data["texts"], config.batch_size)
             val_ds = make_dataset(tokenizer, val["texts"], targets(val), config.batch_size)
             model = Distiller(student, teacher.model if live_teacher else None, config.temperature, alpha, hidden_loss)
-            model.compile(optimizer=make_optimizer(config.learning_rate, config.epochs * len(train_ds), config.warmup_ratio,
+            model.compile(optimizer=make_optimizer(config.learning_rate, config.epochs * steps, config.warmup_ratio,
                                                    config.weight_decay),
                           metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), MacroF1(len(teacher.labels))])
-        log.info("training the %s student on %d texts (alpha %.2f, T %.1f, hidden loss %g)", name.replace("_", "-"),
-                 len(data["texts"]), alpha, config.temperature, hidden_loss)
-        timer = EpochTimer()
-        history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=fit_verbosity(), shuffle=False,
-                            callbacks=[timer, early_stopping(config.patience)])
-        results[name] = {"student": student, "history": history.history, "epoch_seconds": timer.seconds,
-                         "seconds_per_example": float(np.mean(timer.seconds)) / len(data["texts"])}
+        log.info("training the %s student on %d texts (alpha %.2f, T %.1f, hidden loss %g), %s", name.replace("_", "-"),
+                 len(data["texts"]), alpha, config.temperature, hidden_loss, placement.describe())
+        stream = functools.partial(make_stream, tokenizer, data["texts"], targets(data), config.batch_size, config.seed,
+                                   True, epochs=config.epochs)
+        fitted = fit_model(model, stream, steps, val_ds, Schedule(config.epochs, config.patience, config.checkpoint_every, verbosity()),
+                           strategy=placement.strategy, resume_area=resume_dir(out) / name, settings=settings,
+                           cluster=placement.cluster)
+        results[name] = {"student": student, "history": fitted.history, "epoch_seconds": fitted.epoch_seconds,
+                         "resumed_from": fitted.resumed_from,
+                         "seconds_per_example": float(np.mean(fitted.epoch_seconds)) / len(data["texts"])}
+    if not placement.is_chief:
+        log.info("worker %d done; the chief writes %s", placement.cluster.index, out)
+        return None
 
     model_config = ModelConfig(kind="student", labels=teacher.labels, tokenizer=tokenizer.config(),
                                precision="float32", training=dataclasses.asdict(config),
@@ -238,6 +248,7 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
     metrics["epoch_seconds"] = results["distilled"]["epoch_seconds"]
     metrics["train_texts"] = len(runs["distilled"][2]["texts"])
     metrics["vocab_size"] = len(tokenizer.vocab)
+    metrics["strategy"], metrics["resumed_from"] = placement.kind, results["distilled"]["resumed_from"]
     if "hard_labels" in results:
         baseline = Classifier(results["hard_labels"]["student"], tokenizer, model_config)
         metrics["hard_label_baseline"] = {
@@ -247,6 +258,7 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
         # Per training example, so augmented epochs (more texts) compare fairly: the teacher's overhead only.
         metrics["distill_cost_ratio"] = results["distilled"]["seconds_per_example"] / results["hard_labels"]["seconds_per_example"]
     save_model_dir(classifier, out, results["distilled"]["history"], metrics, splits)
+    remove_resume(out)
     return metrics
 
 

@@ -10,6 +10,7 @@ don't pay for long ones.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 
@@ -130,32 +131,67 @@ def make_dataset(
 
     Args:
         targets: labels, or any nest of per-example arrays (e.g. labels plus cached teacher logits).
+        shuffle: in a new order each time the dataset is iterated (from `seed`).
         bucket: batch texts of similar length together, padded to a multiple of 8; otherwise every
             batch is padded to `max_length` (the slow baseline).
     """
+    ds = _examples(tokenizer, texts, targets)
+    if shuffle:
+        ds = ds.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
+    ds = _batches(ds, tokenizer, batch_size, _buckets(tokenizer, texts, batch_size, bucket))
+    if targets is None:
+        ds = ds.map(lambda x, _: x)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def make_stream(tokenizer: WordPieceTokenizer, texts: list[str], targets, batch_size: int, seed: int, bucket: bool,
+                first_epoch: int, epochs: int) -> tf.data.Dataset:
+    """The training batches of epochs `first_epoch` to `epochs - 1`, back to back.
+
+    Epoch e's order depends only on (seed, e), not on how many epochs this process iterated
+    before, so a run resumed at epoch e trains on the batches an uninterrupted one would.
+    """
+    examples, buckets = _examples(tokenizer, texts, targets), _buckets(tokenizer, texts, batch_size, bucket)
+    shuffled = lambda e: examples.shuffle(len(texts), seed=seed * 1_000_003 + e, reshuffle_each_iteration=False)
+    parts = [_batches(shuffled(e), tokenizer, batch_size, buckets) for e in range(first_epoch, max(epochs, first_epoch + 1))]
+    return functools.reduce(tf.data.Dataset.concatenate, parts).prefetch(tf.data.AUTOTUNE)
+
+
+def batch_count(tokenizer: WordPieceTokenizer, texts: list[str], batch_size: int, bucket: bool = True) -> int:
+    """Batches in one epoch of `texts` (what `make_dataset` and each epoch of `make_stream` give)."""
+    return _buckets(tokenizer, texts, batch_size, bucket)[1]
+
+
+def _examples(tokenizer: WordPieceTokenizer, texts: list[str], targets) -> tf.data.Dataset:
+    """(token ids without padding, targets) per text, tokenized once and cached."""
     ds = tf.data.Dataset.from_tensor_slices(texts).batch(1024).map(tokenizer.encode).unbatch()
     ds = ds.map(lambda x: x["token_ids"][: tf.reduce_sum(x["padding_mask"])])
     if targets is not None:
         ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(targets))
     else:
         ds = ds.map(lambda ids: (ids, 0))
-    ds = ds.cache()
-    if shuffle:
-        ds = ds.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
+    return ds.cache()
+
+
+def _buckets(tokenizer: WordPieceTokenizer, texts: list[str], batch_size: int, bucket: bool) -> tuple[list[int] | None, int]:
+    """(bucket boundaries or None for no bucketing, batches an epoch), from the texts' token lengths."""
+    if not bucket:
+        return None, math.ceil(len(texts) / batch_size)
+    lengths = np.array([min(n, tokenizer.max_length) for n in tokenizer.lengths(texts)])
+    return _bucket_sizes(lengths, tokenizer.max_length, batch_size)
+
+
+def _batches(ds: tf.data.Dataset, tokenizer: WordPieceTokenizer, batch_size: int, buckets: tuple) -> tf.data.Dataset:
+    """Length-bucketed (or padded to max_length) batches of model inputs."""
     pad = tokenizer.pad_id
-    if bucket:
-        lengths = np.array([min(n, tokenizer.max_length) for n in tokenizer.lengths(texts)])
-        boundaries, n_batches = _bucket_sizes(lengths, tokenizer.max_length, batch_size)
+    boundaries, n_batches = buckets
+    if boundaries:
         ds = ds.bucket_by_sequence_length(
             lambda ids, _: tf.shape(ids)[0], boundaries, [batch_size] * (len(boundaries) + 1),
             padding_values=(pad, None), pad_to_bucket_boundary=True,
         )
     else:
-        n_batches = math.ceil(len(texts) / batch_size)
         pad_to = lambda ids: tf.pad(ids, [[0, tokenizer.max_length - tf.shape(ids)[0]]], constant_values=pad)
         ds = ds.map(lambda ids, y: (pad_to(ids), y)).batch(batch_size)
     ds = ds.apply(tf.data.experimental.assert_cardinality(n_batches))
-    ds = ds.map(lambda ids, y: ({"token_ids": ids, "padding_mask": tf.cast(ids != pad, tf.int32)}, y))
-    if targets is None:
-        ds = ds.map(lambda x, _: x)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.map(lambda ids, y: ({"token_ids": ids, "padding_mask": tf.cast(ids != pad, tf.int32)}, y))

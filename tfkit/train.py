@@ -8,6 +8,7 @@ default one for a single device). `train()` writes a complete model directory at
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import sys
@@ -24,9 +25,11 @@ from tfkit.baseline import fit_baseline
 from tfkit.classifier import HELDOUT_FILE, Classifier, MacroF1, ModelConfig, build_classifier, classification_metrics
 from tfkit.config import TrainConfig
 from tfkit.data import Splits, data_report, fingerprint, load_splits, log_report, write_heldout
-from tfkit.devices import configure_devices, make_strategy, resolve_precision
+from tfkit.devices import configure_devices, place, resolve_precision
 from tfkit.errors import TfkitError
-from tfkit.preprocess import WordPieceTokenizer, choose_max_length, length_report, make_dataset
+from tfkit.loop import Schedule, fit_model, verbosity
+from tfkit.resume import check_resume, remove_resume, resume_dir, run_settings
+from tfkit.preprocess import WordPieceTokenizer, choose_max_length, length_report, make_dataset, make_stream
 
 log = logging.getLogger("tfkit")
 
@@ -54,29 +57,6 @@ def make_optimizer(learning_rate: float, total_steps: int, warmup_ratio: float =
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay, clipnorm=1.0)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Wall time of each epoch's training steps (the validation pass excluded)."""
-
-    def on_train_begin(self, logs=None):
-        self.seconds, self._start = [], None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_test_begin(self, logs=None):  # validation starts: the epoch's training is over
-        if self._start is not None:
-            self.seconds.append(time.perf_counter() - self._start)
-            self._start = None
-
-    def on_epoch_end(self, epoch, logs=None):  # when there is no validation data
-        self.on_test_begin()
-
-
-def fit_verbosity() -> int:
-    """A live Keras progress bar on a terminal, one line per epoch in logs."""
-    return 1 if sys.stdout.isatty() else 2
 
 
 MIN_STEPS = 600  # optimizer steps a run gets at least: 2 epochs of the built-in data's 10,246 texts are 642
@@ -119,11 +99,6 @@ def class_weights(labels, num_classes: int, mode: str) -> tuple[dict[int, float]
     return {i: float(w) for i, w in enumerate(weights)}, mode
 
 
-def early_stopping(patience: int) -> keras.callbacks.EarlyStopping:
-    return keras.callbacks.EarlyStopping(monitor="val_macro_f1", mode="max", patience=patience,
-                                         restore_best_weights=True, verbose=1)
-
-
 def prepare(config: TrainConfig) -> tuple[Splits, str]:
     """Validates the config and data before any model work; returns splits and resolved precision."""
     config.validate()
@@ -142,19 +117,23 @@ class Run:
 
     model: keras.Model
     tokenizer: WordPieceTokenizer
-    train_ds: object
+    train_ds: object  # one epoch (reshuffled each time it is iterated)
+    stream: object  # epoch -> the batches from that epoch to the last (`make_stream`)
     val_ds: object
     strategy: object
     config: TrainConfig  # resolved: pretrained path, max_length and learning rate filled in
     lengths: dict
 
 
-def build(config: TrainConfig, splits: Splits, precision: str) -> Run:
-    """Loads the pretrained backbone under the strategy, picks max_length, compiles the classifier."""
+def build(config: TrainConfig, splits: Splits, precision: str, strategy=None) -> Run:
+    """Loads the pretrained backbone under the strategy, picks max_length, compiles the classifier.
+
+    `strategy`: the run's (`tfkit.devices.place`); None places one from the config.
+    """
     from tfkit.backbone import load_backbone
 
     pretrained = config.pretrained or str(assets.default_teacher_dir())
-    strategy = make_strategy(config.devices)
+    strategy = strategy or place(config.strategy, config.devices).strategy
     with strategy.scope():
         backbone, tokenizer = load_backbone(pretrained, max_length=10**6, dtype=precision, dropout=config.dropout)
         lengths = tokenizer.lengths(splits.train.texts)
@@ -172,6 +151,8 @@ def build(config: TrainConfig, splits: Splits, precision: str) -> Run:
                                 shuffle=True, seed=config.seed, bucket=config.bucket)
         val_ds = make_dataset(tokenizer, splits.val.texts, splits.val.labels, config.batch_size, bucket=config.bucket)
         epochs, patience, why = training_length(int(train_ds.cardinality()), config.epochs, config.patience)
+        stream = functools.partial(make_stream, tokenizer, splits.train.texts, splits.train.labels, config.batch_size,
+                                   config.seed, config.bucket, epochs=epochs)
         log.info("training length: %s; early stopping after %d epoch(s) without a better validation macro-F1", why, patience)
         steps = epochs * int(train_ds.cardinality())
         model.compile(
@@ -182,45 +163,57 @@ def build(config: TrainConfig, splits: Splits, precision: str) -> Run:
         )
     resolved = dataclasses.replace(config, pretrained=pretrained, max_length=max_length, learning_rate=learning_rate,
                                    epochs=epochs, patience=patience)
-    return Run(model, tokenizer, train_ds, val_ds, strategy, resolved, report)
+    return Run(model, tokenizer, train_ds, stream, val_ds, strategy, resolved, report)
 
 
-def train(config: TrainConfig, out: str | Path = "models/teacher") -> dict:
+def train(config: TrainConfig, out: str | Path = "models/teacher") -> dict | None:
     """Fine-tunes the pretrained backbone on `config.data`; writes the model directory `out`.
 
-    Returns the metrics also written to `out/metrics.json`.
+    Returns the metrics also written to `out/metrics.json` (None on a worker other than the
+    chief of a multi-worker cluster: the chief writes the model). A run interrupted before the
+    end resumes from its last checkpoint when started again with the same settings.
     """
     config.validate()
     check_output(out, "model", inputs=(config.data, config.val, config.test, config.pretrained))
+    settings = run_settings(config, {"data": config.data, "val": config.val, "test": config.test})
+    check_resume(out, settings)
+    placement = place(config.strategy, config.devices)  # before any other TensorFlow op
     splits, precision = prepare(config)
     report = data_report(splits)
     log_report(report)
     weights, weighting = class_weights(splits.train.labels, len(splits.label_names), config.class_weight)
     if weights:
         log.info("class weights (%s): %s", weighting, ", ".join(f"{splits.label_names[i]} {w:.2f}" for i, w in weights.items()))
-    baseline = fit_baseline(splits, balanced=weights is not None, seed=config.seed) if config.tfidf_baseline else None
-    if baseline:
+    baseline = None
+    if config.tfidf_baseline and placement.is_chief:
+        baseline = fit_baseline(splits, balanced=weights is not None, seed=config.seed)
         log.info("TF-IDF baseline: test accuracy %.4f, macro-F1 %.4f (%.1f s)", baseline["test"]["accuracy"],
                  baseline["test"]["macro_f1"], baseline["seconds"])
-    run = build(config, splits, precision)
+    run = build(config, splits, precision, placement.strategy)
     run.config = dataclasses.replace(run.config, class_weight=weighting)
-    log.info("training on %d examples (%s), %d replica(s), %s", len(splits.train), splits.sizes(),
-             run.strategy.num_replicas_in_sync, precision)
-    timer = EpochTimer()
-    history = run.model.fit(run.train_ds, validation_data=run.val_ds, epochs=run.config.epochs, verbose=fit_verbosity(),
-                            shuffle=False, class_weight=weights, callbacks=[timer, early_stopping(run.config.patience)])
+    log.info("training on %d examples (%s), %s, %s", len(splits.train), splits.sizes(), placement.describe(), precision)
+    schedule = Schedule(run.config.epochs, run.config.patience, config.checkpoint_every, verbosity())
+    fitted = fit_model(run.model, run.stream, len(run.train_ds), run.val_ds, schedule, strategy=placement.strategy,
+                       resume_area=resume_dir(out) / "teacher", settings=settings, cluster=placement.cluster,
+                       class_weight=weights)
+    if not placement.is_chief:
+        log.info("worker %d done; the chief writes %s", placement.cluster.index, out)
+        return None
     model_config = ModelConfig(
         kind="teacher", labels=splits.label_names, tokenizer=run.tokenizer.config(), precision=precision,
         training=dataclasses.asdict(run.config), data={**data_summary(config, splits, run.lengths), "report": report},
     )
     classifier = Classifier(run.model, run.tokenizer, model_config)
+    seconds = fitted.epoch_seconds
     metrics = {
         **evaluate(classifier, splits),
-        "epoch_seconds": timer.seconds,
-        "train_seconds": float(sum(timer.seconds)),
-        "examples_per_second": len(splits.train) * len(timer.seconds) / max(sum(timer.seconds), 1e-9),
-        "epochs_run": len(timer.seconds),
-        "replicas": run.strategy.num_replicas_in_sync,
+        "epoch_seconds": seconds,
+        "train_seconds": float(sum(seconds)),
+        "examples_per_second": len(splits.train) * len(seconds) / max(sum(seconds), 1e-9),
+        "epochs_run": len(seconds),
+        "replicas": placement.strategy.num_replicas_in_sync,
+        "strategy": placement.kind,
+        "resumed_from": fitted.resumed_from,
         "precision": precision,
         "parameters": int(run.model.count_params()),
     }
@@ -229,7 +222,8 @@ def train(config: TrainConfig, out: str | Path = "models/teacher") -> dict:
         warning = compare_with_baseline(metrics, baseline)
         if warning:
             log.warning("%s", warning)
-    save_model_dir(classifier, out, history.history, metrics, splits)
+    save_model_dir(classifier, out, fitted.history, metrics, splits)
+    remove_resume(out)
     return metrics
 
 

@@ -29,6 +29,8 @@ HELP = {
     "baseline": "also train the same student on hard labels only, to measure what distillation adds (doubles the time; default: off)",
     "data": "distill on this data instead of the teacher's own (same columns; labels must match the teacher's)",
     "devices": "split the CPU into N logical devices and train with MirroredStrategy",
+    "strategy": "auto (default), single, mirrored or multiworker, as for `tfkit train` (every worker needs the teacher)",
+    "checkpoint_every": "also save a training checkpoint every N optimizer steps (default: at each epoch's end)",
 }
 
 
@@ -50,12 +52,22 @@ def check_distill(args: argparse.Namespace) -> None:
     config.validate()
     check_model_dir(config.teacher)
     check_output(args.out, "model", inputs=(config.teacher, config.data))
+    check_resumable(args.out, config)
+
+
+def check_resumable(out: str, config: DistillConfig) -> bool:
+    """Checkpoints beside `out` must be this run's (then True: they are resumed) or absent."""
+    from tfkit.resume import check_resume, run_settings
+
+    return check_resume(out, run_settings(config, {"teacher": config.teacher, "data": config.data}))
 
 
 def distill_command(args: argparse.Namespace) -> int:
     from tfkit.distill import distill
 
-    print(summary(args.out, distill(config_from_args(args, DistillConfig), args.out)))
+    metrics = distill(config_from_args(args, DistillConfig), args.out)
+    if metrics is not None:  # None: a worker other than the chief, which writes the model
+        print(summary(args.out, metrics))
     return 0
 
 

@@ -41,7 +41,8 @@ def bench_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
 
 def distill_config(args: argparse.Namespace) -> DistillConfig:
     extra = {"epochs": args.distill_epochs} if args.distill_epochs is not None else {}
-    return DistillConfig(teacher=str(outputs(args)[0]), student=args.student, seed=args.seed, devices=args.devices, **extra)
+    return DistillConfig(teacher=str(outputs(args)[0]), student=args.student, seed=args.seed, devices=args.devices,
+                         strategy=args.strategy, checkpoint_every=args.checkpoint_every, **extra)
 
 
 def check_run(args: argparse.Namespace) -> None:
@@ -53,8 +54,13 @@ def check_run(args: argparse.Namespace) -> None:
     bench_command.check_bench_settings(args)
     if args.distill_epochs is not None and args.distill_epochs < 1:
         raise TfkitError(f"--distill-epochs must be at least 1 (got {args.distill_epochs})")
+    from tfkit.cluster import resolve_strategy
+
     config = train_command.training_config(args)
     train_command.check_training(config)
+    if resolve_strategy(config.strategy, config.devices)[0] == "multiworker":
+        raise TfkitError("tfkit run trains on one machine; on several, run `tfkit train` and then `tfkit distill` "
+                         "on every worker (see examples/multiworker/)")
     distill_config(args).validate()
     teacher_dir, student_dir, export_dir = outputs(args)
     inputs = train_command.training_inputs(config)
@@ -64,6 +70,15 @@ def check_run(args: argparse.Namespace) -> None:
     teacher_export, bench_dir = bench_outputs(args)
     check_output(teacher_export, "export", inputs=(*inputs, teacher_dir, student_dir), flag="--export")
     check_output(bench_dir, "bench", inputs=(*inputs, teacher_dir, student_dir, export_dir), flag="--bench")
+    train_command.check_resumable(str(teacher_dir), config)
+
+
+def student_resumes(args: argparse.Namespace) -> bool:
+    """Whether an interrupted run of this command left a finished teacher and the student's checkpoints."""
+    from tfkit.artifacts import artifact_kind
+
+    teacher_dir, student_dir, _ = outputs(args)
+    return artifact_kind(teacher_dir) == "model" and distill_command.check_resumable(str(student_dir), distill_config(args))
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -72,7 +87,10 @@ def run_command(args: argparse.Namespace) -> int:
 
     teacher_dir, student_dir, export_dir = outputs(args)
     minutes, start = {}, time.perf_counter()
-    print(train_command.summary(str(teacher_dir), train(train_command.training_config(args), teacher_dir)))
+    if student_resumes(args):
+        print(f"{teacher_dir}: trained by the interrupted run; resuming the student's training")
+    else:
+        print(train_command.summary(str(teacher_dir), train(train_command.training_config(args), teacher_dir)))
     minutes["teacher"], start = (time.perf_counter() - start) / 60, time.perf_counter()
     print(distill_command.summary(str(student_dir), distill(distill_config(args), student_dir)))
     minutes["student"], start = (time.perf_counter() - start) / 60, time.perf_counter()

@@ -27,6 +27,10 @@ HELP = {
     "class_weight": "auto (default: balanced when the largest class has 3x the smallest's examples), none, or balanced",
     "tfidf_baseline": "also fit a TF-IDF + logistic regression baseline on the same split and report it (default: on)",
     "devices": "split the CPU into N logical devices and train with MirroredStrategy (GPUs: all are used)",
+    "strategy": "auto (default: multiworker when TF_CONFIG names several workers, mirrored with --devices N, else single), "
+                "single, mirrored, or multiworker (MultiWorkerMirroredStrategy over the TF_CONFIG cluster)",
+    "checkpoint_every": "also save a training checkpoint every N optimizer steps (default: at each epoch's end); "
+                        "the same command resumes an interrupted run",
     "precision": "auto (default) = mixed_bfloat16 on AMX CPUs or a GPU, where it is faster; float32 elsewhere",
     "freeze_backbone": "train only the classification head (feature extraction)",
     "bucket": "batch texts of similar length together (default on; --no-bucket pads every batch to --max-length)",
@@ -79,13 +83,22 @@ def check_train(args: argparse.Namespace) -> None:
     config = training_config(args)
     check_training(config)
     check_output(args.out, "model", inputs=training_inputs(config))
+    check_resumable(args.out, config)
+
+
+def check_resumable(out: str, config: TrainConfig) -> bool:
+    """Checkpoints beside `out` must be this run's (then True: they are resumed) or absent."""
+    from tfkit.resume import check_resume, run_settings
+
+    return check_resume(out, run_settings(config, {"data": config.data, "val": config.val, "test": config.test}))
 
 
 def train_command(args: argparse.Namespace) -> int:
     from tfkit.train import train
 
     metrics = train(training_config(args), args.out)
-    print(summary(args.out, metrics))
+    if metrics is not None:  # None: a worker other than the chief, which writes the model
+        print(summary(args.out, metrics))
     return 0
 
 
