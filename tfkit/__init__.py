@@ -15,7 +15,8 @@ _LAZY = {
     "WordPieceTokenizer": "tfkit.preprocess", "make_dataset": "tfkit.preprocess",
     "Classifier": "tfkit.classifier", "build_classifier": "tfkit.classifier", "MacroF1": "tfkit.classifier",
     "TrainConfig": "tfkit.train", "train": "tfkit.train", "make_optimizer": "tfkit.train",
-    "configure_devices": "tfkit.devices", "make_strategy": "tfkit.devices",
+    "configure_devices": "tfkit.devices", "make_strategy": "tfkit.devices", "place": "tfkit.devices",
+    "fit_model": "tfkit.loop", "Schedule": "tfkit.loop",
     "Distiller": "tfkit.distill", "DistillConfig": "tfkit.distill",
     "FORMATS": "tfkit.formats", "ExportError": "tfkit.export", "VerificationError": "tfkit.verify",
 }

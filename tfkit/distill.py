@@ -1,4 +1,4 @@
-"""Knowledge distillation: train a small student on the teacher's soft targets with plain `fit`.
+"""Knowledge distillation: train a small student on the teacher's soft targets (a Keras model, trained by `fit_model`).
 
 `Distiller` is the keras-io distiller grown for cached logits. Keras 3.15's
 `keras.distillation.Distiller` runs the teacher forward on every step; here the teacher's
@@ -230,6 +230,7 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
                          "seconds_per_example": float(np.mean(fitted.epoch_seconds)) / len(data["texts"])}
     if not placement.is_chief:
         log.info("worker %d done; the chief writes %s", placement.cluster.index, out)
+        placement.finish()
         return None
 
     model_config = ModelConfig(kind="student", labels=teacher.labels, tokenizer=tokenizer.config(),
@@ -259,6 +260,7 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
         metrics["distill_cost_ratio"] = results["distilled"]["seconds_per_example"] / results["hard_labels"]["seconds_per_example"]
     save_model_dir(classifier, out, results["distilled"]["history"], metrics, splits)
     remove_resume(out)
+    placement.finish()
     return metrics
 
 

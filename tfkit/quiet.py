@@ -10,6 +10,7 @@ file descriptor 2 captured and writes back every line that is not one of them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -57,3 +58,4 @@ def start_tensorflow() -> None:
 
         tf.config.list_physical_devices("GPU")
     tf.get_logger().setLevel("ERROR")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # TensorFlow's checkpoint writer logs each save at INFO

@@ -1,4 +1,4 @@
-"""Fine-tune a pretrained BERT into a text classifier with plain Keras `fit`.
+"""Fine-tune a pretrained BERT into a text classifier (trained by `tfkit.loop.fit_model`: Keras `fit` on one machine).
 
 AdamW with linear warmup and linear decay, dropout, early stopping on validation macro-F1
 with best-weights restore, length-bucketed batches, under a `tf.distribute` strategy (the
@@ -113,7 +113,7 @@ def prepare(config: TrainConfig) -> tuple[Splits, str]:
 
 @dataclasses.dataclass
 class Run:
-    """A compiled model with its data pipelines, ready for `fit` (what `build` returns)."""
+    """A compiled model with its data pipelines, ready for `fit_model` (what `build` returns)."""
 
     model: keras.Model
     tokenizer: WordPieceTokenizer
@@ -198,6 +198,7 @@ def train(config: TrainConfig, out: str | Path = "models/teacher") -> dict | Non
                        class_weight=weights)
     if not placement.is_chief:
         log.info("worker %d done; the chief writes %s", placement.cluster.index, out)
+        placement.finish()
         return None
     model_config = ModelConfig(
         kind="teacher", labels=splits.label_names, tokenizer=run.tokenizer.config(), precision=precision,
@@ -224,6 +225,7 @@ def train(config: TrainConfig, out: str | Path = "models/teacher") -> dict | Non
             log.warning("%s", warning)
     save_model_dir(classifier, out, fitted.history, metrics, splits)
     remove_resume(out)
+    placement.finish()
     return metrics
 
 
