@@ -15,7 +15,7 @@ from tfkit.assets import default_teacher_dir
 from tfkit.classifier import MacroF1, build_classifier, classification_metrics, predict_logits
 from tfkit.distill import Distiller
 from tfkit.student import make_student, student_shape
-from tfkit.train import make_optimizer
+from tfkit.loop import make_optimizer
 
 
 def main() -> None:

@@ -183,11 +183,11 @@ def test_training_length_follows_the_data_size(steps, epochs, patience, expected
 
 
 def test_warmup_and_decay_follow_the_real_step_count(sentiment_csv, tiny_checkpoint, monkeypatch):
-    import tfkit.train
+    import tfkit.loop
 
     made = []  # make_optimizer's arguments: peak, total steps, warm-up ratio, weight decay
-    real = tfkit.train.make_optimizer
-    monkeypatch.setattr(tfkit.train, "make_optimizer", lambda *a: made.append(a) or real(*a))
+    real = tfkit.loop.make_optimizer
+    monkeypatch.setattr(tfkit.loop, "make_optimizer", lambda *a: made.append(a) or real(*a))
     config = tiny_config(sentiment_csv, tiny_checkpoint, epochs=None, warmup_ratio=0.1)
     splits, precision = prepare(config)
     run = build(config, splits, precision)

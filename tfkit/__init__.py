@@ -14,7 +14,7 @@ _LAZY = {
     "load_splits": "tfkit.data",
     "WordPieceTokenizer": "tfkit.preprocess", "make_dataset": "tfkit.preprocess",
     "Classifier": "tfkit.classifier", "build_classifier": "tfkit.classifier", "MacroF1": "tfkit.classifier",
-    "TrainConfig": "tfkit.train", "train": "tfkit.train", "make_optimizer": "tfkit.train",
+    "TrainConfig": "tfkit.train", "train": "tfkit.train", "make_optimizer": "tfkit.loop",
     "configure_devices": "tfkit.devices", "make_strategy": "tfkit.devices", "place": "tfkit.devices",
     "fit_model": "tfkit.loop", "Schedule": "tfkit.loop",
     "Distiller": "tfkit.distill", "DistillConfig": "tfkit.distill",

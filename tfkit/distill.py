@@ -27,16 +27,16 @@ import keras
 import numpy as np
 
 from tfkit.artifacts import check_output
-from tfkit.classifier import Classifier, MacroF1, ModelConfig, backbone_of, build_classifier, classification_metrics
+from tfkit.classifier import Classifier, ModelConfig, backbone_of, build_classifier, classification_metrics
 from tfkit.config import DistillConfig, check_distill_args
 from tfkit.devices import place
-from tfkit.loop import Schedule, fit_model, verbosity
+from tfkit.loop import Schedule, compile_model, fit_model, verbosity
 from tfkit.resume import check_resume, remove_resume, resume_dir, run_settings
 from tfkit.data import fingerprint
 from tfkit.errors import TfkitError
 from tfkit.preprocess import batch_count, make_dataset, make_stream
 from tfkit.student import make_student, student_shape, student_tokenizer, trim_vocab
-from tfkit.train import evaluate, make_optimizer, save_model_dir
+from tfkit.train import evaluate, save_model_dir
 
 log = logging.getLogger("tfkit")
 
@@ -215,9 +215,8 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
             steps = batch_count(tokenizer, data["texts"], config.batch_size)
             val_ds = make_dataset(tokenizer, val["texts"], targets(val), config.batch_size)
             model = Distiller(student, teacher.model if live_teacher else None, config.temperature, alpha, hidden_loss)
-            model.compile(optimizer=make_optimizer(config.learning_rate, config.epochs * steps, config.warmup_ratio,
-                                                   config.weight_decay),
-                          metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), MacroF1(len(teacher.labels))])
+            compile_model(model, len(teacher.labels), config.learning_rate, config.epochs * steps, config.warmup_ratio,
+                          config.weight_decay)
         log.info("training the %s student on %d texts (alpha %.2f, T %.1f, hidden loss %g), %s", name.replace("_", "-"),
                  len(data["texts"]), alpha, config.temperature, hidden_loss, placement.describe())
         stream = functools.partial(make_stream, tokenizer, data["texts"], targets(data), config.batch_size, config.seed,

@@ -1,6 +1,6 @@
 """One training loop for teacher and student: Keras `fit` on one machine, a `strategy.run` step across several.
 
-Both stages hand `fit_model` a compiled Keras model and their datasets; it adds what every run
+Both stages compile with `compile_model` and hand `fit_model` the model and their data; it adds what every run
 has (an epoch timer, early stopping on validation macro-F1 with the best weights restored,
 training checkpoints) and continues from the last checkpoint when the same run was
 interrupted. Under MultiWorkerMirroredStrategy Keras 3's `fit` fails on this stack
@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfkit.artifacts import write_json
+from tfkit.classifier import MacroF1
 from tfkit.cluster import Cluster
 from tfkit.errors import TfkitError
 from tfkit.resume import RESUME_FILE, read_state
@@ -55,6 +56,39 @@ class Fitted:
     history: dict[str, list[float]]
     epoch_seconds: list[float]
     resumed_from: dict | None  # {"epoch", "step"} of the checkpoint a resumed run continued from
+
+
+@keras.saving.register_keras_serializable(package="tfkit")
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to `peak` over `warmup_steps`, then linear decay to 0 at `total_steps`."""
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int):
+        self.peak, self.total_steps, self.warmup_steps = peak, max(1, total_steps), warmup_steps
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warm = step / max(1, self.warmup_steps)
+        decay = (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps)
+        return self.peak * keras.ops.clip(keras.ops.minimum(warm, decay), 0.0, 1.0)
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
+
+
+def make_optimizer(learning_rate: float, total_steps: int, warmup_ratio: float = 0.1, weight_decay: float = 0.01):
+    """AdamW on the warmup/decay schedule; biases and LayerNorm weights are not decayed (as in BERT)."""
+    schedule = WarmupLinearDecay(learning_rate, total_steps, int(warmup_ratio * total_steps))
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay, clipnorm=1.0)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
+
+
+def compile_model(model: keras.Model, num_classes: int, learning_rate: float, total_steps: int, warmup_ratio: float,
+                  weight_decay: float, loss=None, jit_compile: bool = False) -> None:
+    """What every tfkit run compiles: AdamW on the warmup/decay schedule, accuracy and macro-F1 (early stopping's signal)."""
+    model.compile(optimizer=make_optimizer(learning_rate, total_steps, warmup_ratio, weight_decay), loss=loss,
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), MacroF1(num_classes)],
+                  jit_compile=jit_compile)
 
 
 def verbosity() -> int:

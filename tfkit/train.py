@@ -11,8 +11,6 @@ import dataclasses
 import functools
 import logging
 import math
-import sys
-import time
 from pathlib import Path
 
 import keras
@@ -22,41 +20,16 @@ from tfkit import assets
 from tfkit.artifacts import atomic_dir, check_output, write_json
 from tfkit.baseline import compare as compare_with_baseline
 from tfkit.baseline import fit_baseline
-from tfkit.classifier import HELDOUT_FILE, Classifier, MacroF1, ModelConfig, build_classifier, classification_metrics
+from tfkit.classifier import HELDOUT_FILE, Classifier, ModelConfig, build_classifier, classification_metrics
 from tfkit.config import TrainConfig
 from tfkit.data import Splits, data_report, fingerprint, load_splits, log_report, write_heldout
 from tfkit.devices import configure_devices, place, resolve_precision
 from tfkit.errors import TfkitError
-from tfkit.loop import Schedule, fit_model, verbosity
+from tfkit.loop import Schedule, compile_model, fit_model, verbosity
 from tfkit.resume import check_resume, remove_resume, resume_dir, run_settings
 from tfkit.preprocess import WordPieceTokenizer, choose_max_length, length_report, make_dataset, make_stream
 
 log = logging.getLogger("tfkit")
-
-
-@keras.saving.register_keras_serializable(package="tfkit")
-class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup from 0 to `peak` over `warmup_steps`, then linear decay to 0 at `total_steps`."""
-
-    def __init__(self, peak: float, total_steps: int, warmup_steps: int):
-        self.peak, self.total_steps, self.warmup_steps = peak, max(1, total_steps), warmup_steps
-
-    def __call__(self, step):
-        step = keras.ops.cast(step, "float32")
-        warm = step / max(1, self.warmup_steps)
-        decay = (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps)
-        return self.peak * keras.ops.clip(keras.ops.minimum(warm, decay), 0.0, 1.0)
-
-    def get_config(self) -> dict:
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
-
-
-def make_optimizer(learning_rate: float, total_steps: int, warmup_ratio: float = 0.1, weight_decay: float = 0.01):
-    """AdamW on the warmup/decay schedule; biases and LayerNorm weights are not decayed (as in BERT)."""
-    schedule = WarmupLinearDecay(learning_rate, total_steps, int(warmup_ratio * total_steps))
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay, clipnorm=1.0)
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    return optimizer
 
 
 MIN_STEPS = 600  # optimizer steps a run gets at least: 2 epochs of the built-in data's 10,246 texts are 642
@@ -155,12 +128,8 @@ def build(config: TrainConfig, splits: Splits, precision: str, strategy=None) ->
                                    config.seed, config.bucket, epochs=epochs)
         log.info("training length: %s; early stopping after %d epoch(s) without a better validation macro-F1", why, patience)
         steps = epochs * int(train_ds.cardinality())
-        model.compile(
-            optimizer=make_optimizer(learning_rate, steps, config.warmup_ratio, config.weight_decay),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), MacroF1(len(splits.label_names))],
-            jit_compile=config.jit_compile,
-        )
+        compile_model(model, len(splits.label_names), learning_rate, steps, config.warmup_ratio, config.weight_decay,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=config.jit_compile)
     resolved = dataclasses.replace(config, pretrained=pretrained, max_length=max_length, learning_rate=learning_rate,
                                    epochs=epochs, patience=patience)
     return Run(model, tokenizer, train_ds, stream, val_ds, strategy, resolved, report)
