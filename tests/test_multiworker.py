@@ -225,3 +225,26 @@ def test_the_step_loop_trains_exactly_as_keras_fit(tmp_path, tiny_checkpoint):
         np.testing.assert_allclose(step_history[key], fit_history[key], rtol=1e-5, atol=1e-6, err_msg=key)
     for a, b in zip(step_weights, fit_weights):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_tfkit_run_keeps_a_finished_teacher_when_the_students_checkpoints_are_its(trained_teacher, tmp_path, monkeypatch):
+    """An interrupted `tfkit run` resumes the student instead of training the teacher again."""
+    import shutil
+
+    from tfkit.cli import make_parser
+    from tfkit.commands.run import distill_config, student_resumes
+    from tfkit.resume import resume_dir, run_settings
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(trained_teacher, "models/teacher")
+    args = make_parser().parse_args(["run", "--models", "models"])
+    assert not student_resumes(args)  # no checkpoints: the teacher is trained again (replaced)
+    part = resume_dir("models/student") / "distilled"
+    part.mkdir(parents=True)
+    settings = run_settings(distill_config(args), {"teacher": "models/teacher", "data": None})
+    (part / "resume.json").write_text(json.dumps({"settings": settings, "checkpoint": "step-000000004"}))
+    assert student_resumes(args)
+    with pytest.raises(TfkitError, match="other settings"):  # checkpoints of another student are not resumed
+        student_resumes(make_parser().parse_args(["run", "--models", "models", "--student", "tiny"]))
+    (Path("models/teacher") / "notes.txt").write_text("not only tfkit's")
+    assert not student_resumes(args)  # not a complete tfkit model any more: nothing to keep
