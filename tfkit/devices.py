@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import platform
 
 import tensorflow as tf
 
@@ -20,15 +21,30 @@ log = logging.getLogger("tfkit")
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags from /proc/cpuinfo (empty where it does not exist)."""
+def cpuinfo(field: str) -> str:
+    """The first value of `field` in /proc/cpuinfo ("" where there is none)."""
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
+            if line.split(":", 1)[0].strip() == field:
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return ""
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where it does not exist)."""
+    return frozenset(cpuinfo("flags").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name (what the speed probe's cache is keyed by)."""
+    return cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def bf16_hardware() -> bool:
+    """Whether bf16 can be fast here: AVX-512 BF16 or AMX instructions, or a GPU (elsewhere it is emulated)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) or bool(tf.config.list_physical_devices("GPU"))
 
 
 def bf16_pays() -> bool:

@@ -29,6 +29,8 @@ HELP = {
     "baseline": "also train the same student on hard labels only, to measure what distillation adds (doubles the time; default: off)",
     "data": "distill on this data instead of the teacher's own (same columns; labels must match the teacher's)",
     "devices": "split the CPU into N logical devices and train with MirroredStrategy",
+    "precision": "the student's training precision: auto (default: measured, as for `tfkit train`), float32, or mixed_bfloat16",
+    "jit": "XLA-compile the student's train step: auto (default: measured), on, or off",
 }
 
 

@@ -27,10 +27,11 @@ HELP = {
     "class_weight": "auto (default: balanced when the largest class has 3x the smallest's examples), none, or balanced",
     "tfidf_baseline": "also fit a TF-IDF + logistic regression baseline on the same split and report it (default: on)",
     "devices": "split the CPU into N logical devices and train with MirroredStrategy (GPUs: all are used)",
-    "precision": "auto (default) = mixed_bfloat16 on AMX CPUs or a GPU, where it is faster; float32 elsewhere",
+    "precision": "auto (default: the faster of float32 and mixed_bfloat16 in a short probe on this machine, cached; "
+                 "bf16 is tried only on AVX-512 BF16/AMX CPUs or a GPU), float32, or mixed_bfloat16",
     "freeze_backbone": "train only the classification head (feature extraction)",
     "bucket": "batch texts of similar length together (default on; --no-bucket pads every batch to --max-length)",
-    "jit_compile": "compile train steps with XLA",
+    "jit": "XLA-compile the train step: auto (default: measured in the same probe), on, or off",
 }
 
 
