@@ -15,9 +15,9 @@ from tfkit.probe import Candidate
 
 def figure(precision, jit, examples_per_second, loss=0.60, compile_seconds=1.0, steps=16, batch=32):
     """What `probe.measure` reports for one candidate, made up: its rate, compile time and losses step by step."""
-    seconds = steps * batch / examples_per_second
     losses = [0.69] * 2 + [loss] * steps
-    return {"precision": precision, "jit": jit, "steps": steps, "seconds": seconds, "examples_per_second": examples_per_second,
+    return {"precision": precision, "jit": jit, "steps": steps, "step_seconds": batch / examples_per_second,
+            "examples_per_second": examples_per_second,
             "compile_seconds": compile_seconds, "losses": losses, "finite": math.isfinite(loss)}
 
 
@@ -48,6 +48,10 @@ def test_an_unsafe_or_nan_candidate_is_never_picked():
     why = {(f["precision"], f["jit"]): f["unsafe"] for f in result["candidates"]}
     assert why[("float32", "on")] == "non-finite loss" and why[("mixed_bfloat16", "off")].startswith("loss 0.7500 vs 0.6000")
     assert why[("float32", "off")] is None and why[("mixed_bfloat16", "on")] is None
+    short = figure("mixed_bfloat16", "off", 80, steps=4)  # timed fewer steps (its budget ran out): compared after those
+    reference = figure("float32", "off", 40)
+    reference["losses"][6:] = [9.0] * 12  # what float32 did after step 6 must not count
+    assert probe.pick([reference, short])["candidates"][1]["unsafe"] is None
     broken = [figure("float32", "off", 40, loss=float("inf")), figure("mixed_bfloat16", "off", 80)]
     assert choice(probe.pick(broken)) == ("float32", "off") and probe.pick(broken)["none_safe"]
 

@@ -1,4 +1,4 @@
-"""Where and in what precision training runs: logical CPU devices, the strategy, bf16 or not.
+"""Where training runs: logical CPU devices, the strategy, and what the CPU can do (bf16 or not).
 
 One code path serves 1 or N devices: training always runs under `strategy.scope()`; with one
 device that is TensorFlow's default strategy. `--devices N` splits the CPU into N logical
@@ -14,7 +14,6 @@ import platform
 
 import tensorflow as tf
 
-from tfkit.config import PRECISIONS
 from tfkit.errors import TfkitError
 
 log = logging.getLogger("tfkit")
@@ -43,28 +42,11 @@ def cpu_model() -> str:
 
 
 def bf16_hardware() -> bool:
-    """Whether bf16 can be fast here: AVX-512 BF16 or AMX instructions, or a GPU (elsewhere it is emulated)."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) or bool(tf.config.list_physical_devices("GPU"))
+    """Whether bf16 can be fast here: AVX-512 BF16 or AMX instructions, or a GPU.
 
-
-def bf16_pays() -> bool:
-    """Whether `auto` should train in mixed_bfloat16: on AMX tiles or a GPU.
-
-    Measured on the default teacher with AVX-512 BF16 but no AMX: 1.22-1.33x faster over two
-    full epochs, equal validation accuracy, 1.4 points lower test accuracy (0.8361 vs 0.8501), so not
-    the default there; on AVX2 only (bf16 emulated) 0.2x. AMX and GPUs run bf16 matmuls natively
-    at several times the float32 rate (not measured here: no such machine).
+    Elsewhere bf16 is emulated (measured on AVX2 only: 0.2x float32), so the speed probe does not try it.
     """
-    return "amx_bf16" in cpu_flags() or bool(tf.config.list_physical_devices("GPU"))
-
-
-def resolve_precision(precision: str) -> str:
-    """`auto` becomes `mixed_bfloat16` where it pays (`bf16_pays`), else `float32`."""
-    if precision not in PRECISIONS:
-        raise TfkitError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
-    if precision == "auto":
-        return "mixed_bfloat16" if bf16_pays() else "float32"
-    return precision
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) or bool(tf.config.list_physical_devices("GPU"))
 
 
 def configure_devices(devices: int = 1, threads: int | None = None) -> None:

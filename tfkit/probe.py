@@ -22,11 +22,13 @@ import json
 import logging
 import math
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 from tfkit.artifacts import write_json
+from tfkit.timing import Timing
 from tfkit.timing import measure as time_calls
 
 log = logging.getLogger("tfkit")
@@ -93,9 +95,9 @@ def safe(figure: dict, reference: dict) -> str | None:
 def estimated_seconds(figure: dict, train_steps: int | None, compile_shapes: int = 1) -> float:
     """What the run would spend training with this candidate: its steps, plus XLA's compile for every batch shape."""
     if not train_steps:
-        return figure["seconds"] / figure["steps"]
+        return figure["step_seconds"]
     shapes = compile_shapes if figure["jit"] == "on" else 1  # without XLA a new shape costs no compile
-    return train_steps * figure["seconds"] / figure["steps"] + shapes * figure["compile_seconds"]
+    return train_steps * figure["step_seconds"] + shapes * figure["compile_seconds"]
 
 
 def pick(figures: list[dict], train_steps: int | None = None, compile_shapes: int = 1) -> dict:
@@ -131,38 +133,50 @@ def measure(make_model: Callable[[Candidate], object], batches: Sequence, cands:
             seed: int = 0) -> list[dict]:
     """Times `train_on_batch` of a fresh model of each candidate on the same `batches` (same seed, same order).
 
-    The first WARMUP_STEPS batches are untimed (tracing and XLA's compile: their time beyond a
-    step's is `compile_seconds`); the rest are timed one by one with `tfkit.timing.measure`, up to
-    TIMED_STEPS or TIMED_SECONDS (at least MIN_TIMED_STEPS), so a big model's probe stays short.
+    Every candidate's model is built and warmed first: the first WARMUP_STEPS batches are untimed
+    (tracing and XLA's compile: their time beyond a step's is `compile_seconds`). Then the
+    candidates take their timed steps in turn, one step each per round (each timed by
+    `tfkit.timing.measure`), so a load that comes and goes on a shared machine slows them all
+    alike; up to TIMED_STEPS rounds or TIMED_SECONDS per candidate (at least MIN_TIMED_STEPS). The
+    batches share one length, so the median step stands for the candidate.
     """
     import keras
 
-    figures = []
     warm, timed = batches[:WARMUP_STEPS], batches[WARMUP_STEPS:]
     size = lambda b: int(b[0]["token_ids"].shape[0])
+    runs = []
     for cand in cands:
         keras.utils.set_random_seed(seed)
         start = time.perf_counter()
         model = make_model(cand)
         built = time.perf_counter()
         losses = []
-        step = lambda b: losses.append(float(model.train_on_batch(b[0], b[1], return_dict=True)["loss"]))
         for b in warm:
-            step(b)
-        warm_seconds = time.perf_counter() - built
-        timing = time_calls(step, timed, warmup=0, iterations=len(timed), budget_s=TIMED_SECONDS,
-                            min_iterations=min(MIN_TIMED_STEPS, len(timed)))
-        steps, seconds = len(timing.samples_ms), sum(timing.samples_ms) / 1000
+            losses.append(float(model.train_on_batch(b[0], b[1], return_dict=True)["loss"]))
+        runs.append({"cand": cand, "model": model, "losses": losses, "samples": [], "build": built - start,
+                     "warm": time.perf_counter() - built})
+    step = lambda run, b: run["losses"].append(float(run["model"].train_on_batch(b[0], b[1], return_dict=True)["loss"]))
+    budget = TIMED_SECONDS * len(cands)
+    for i, b in enumerate(timed):
+        for run in runs:
+            run["samples"] += time_calls(lambda x: step(run, x), [b], warmup=0).samples_ms
+        spent = sum(sum(run["samples"]) for run in runs) / 1000
+        if i + 1 >= min(MIN_TIMED_STEPS, len(timed)) and spent >= budget:
+            break
+    figures = []
+    for run in runs:  # medians: one step stalled by another process must not decide
+        steps, step = len(run["samples"]), Timing(run["samples"], 0, None, None).median / 1000
+        rate = statistics.median(size(b) / (ms / 1000) for b, ms in zip(timed, run["samples"]))
         figures.append({
-            "precision": cand.precision, "jit": cand.jit, "steps": steps, "seconds": seconds,
-            "examples_per_second": sum(size(b) for b in timed[:steps]) / seconds, "step_ms": timing.stats(),
-            "compile_seconds": max(0.0, warm_seconds - len(warm) * seconds / steps),
-            "build_seconds": built - start, "losses": losses, "finite": all(math.isfinite(v) for v in losses),
+            "precision": run["cand"].precision, "jit": run["cand"].jit, "steps": steps, "step_seconds": step,
+            "examples_per_second": rate, "step_ms": Timing(run["samples"], 0, None, None).stats(),
+            "compile_seconds": max(0.0, run["warm"] - len(warm) * step), "build_seconds": run["build"],
+            "losses": run["losses"], "finite": all(math.isfinite(v) for v in run["losses"]),
         })
-        log.info("probe: %s: %.1f examples/s over %d steps, %.1f s compile", cand, figures[-1]["examples_per_second"],
-                 steps, figures[-1]["compile_seconds"])
-        del model
-        gc.collect()
+        log.info("probe: %s: %.1f examples/s over %d steps, %.1f s compile", run["cand"],
+                 figures[-1]["examples_per_second"], steps, figures[-1]["compile_seconds"])
+    runs.clear()
+    gc.collect()
     return figures
 
 
@@ -219,11 +233,12 @@ def choose(precision: str, jit: str, key: Callable[[list[Candidate]], dict],
         precision, jit: the flags (`auto` or an explicit value, which is kept and not probed).
         key: the cache key for a list of candidates (`cache_key`).
         run_probe: measures a list of candidates (`measure` with the run's model and batches).
-        train_steps: the run's optimizer steps; a run shorter than PAYBACK x the probe's steps is not probed.
+        train_steps: the run's optimizer steps; a run shorter than PAYBACK x the probe's steps is not probed
+            (`auto` is then float32 and XLA off: the safe choice, and speed matters little in a short run).
         compile_shapes: the run's distinct batch shapes (XLA compiles each).
         bf16_fast: whether bf16 is worth trying (default: `devices.bf16_hardware()`).
     """
-    from tfkit.devices import bf16_hardware, resolve_precision
+    from tfkit.devices import bf16_hardware
 
     bf16_fast = bf16_hardware() if bf16_fast is None else bf16_fast
     cands, note = candidates(precision, jit, bf16_fast)
@@ -234,8 +249,7 @@ def choose(precision: str, jit: str, key: Callable[[list[Candidate]], dict],
         return {**record, "precision": cands[0].precision, "jit": cands[0].jit, "how": how}
     probe_steps = len(cands) * (WARMUP_STEPS + TIMED_STEPS)  # at most
     if train_steps < PAYBACK * probe_steps:
-        fixed = precision if precision != "auto" else resolve_precision("auto") if bf16_fast else "float32"
-        return {**record, "precision": fixed, "jit": "off" if jit == "auto" else jit,
+        return {**record, "precision": "float32" if precision == "auto" else precision, "jit": "off" if jit == "auto" else jit,
                 "how": f"static: {train_steps} training steps do not pay for a {probe_steps}-step probe"}
     cache_key_ = key(cands)
     cached = load_cached(cache_key_)
