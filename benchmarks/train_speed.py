@@ -185,7 +185,7 @@ def efficiency(results: list[dict], peak: dict | None) -> None:
         r["gflop_per_example"] = flops / 1e9
         r["gflop_per_second"] = flops * r["examples_per_second"] / 1e9
         if peak:
-            bf16 = "bf16" in r["precision"]
+            bf16 = "bf16" in r["precision"] or "bfloat16" in r["precision"]
             ref = peak.get("torch_bf16_threads2" if bf16 else "torch_fp32_threads2")
             r["of_peak"] = r["gflop_per_second"] / ref if ref else None
 
