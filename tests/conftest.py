@@ -3,8 +3,11 @@
 import json
 import os
 import random
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The speed probe's cache (tfkit.probe) goes to a fresh folder, never the user's ~/.cache (subprocesses inherit it).
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="tfkit-test-cache-")
 
 import numpy as np
 import pytest

@@ -17,6 +17,7 @@ from tfkit.cluster import STRATEGIES
 from tfkit.errors import TfkitError
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+JITS = ("auto", "on", "off")  # XLA `jit_compile` of the train step; auto = decided by `tfkit.probe`
 CLASS_WEIGHTS = ("auto", "none", "balanced")
 STUDENT_PRESETS = {
     "tiny": dict(num_layers=2, hidden_dim=128, num_heads=2, intermediate_dim=512),
@@ -73,6 +74,17 @@ def check_common(config) -> None:
     check_at_least(config, ("checkpoint_every",), 1)
     if config.strategy not in STRATEGIES:
         raise TfkitError(f"unknown --strategy '{config.strategy}' (choose from {', '.join(STRATEGIES)})")
+    if config.precision not in PRECISIONS:
+        raise TfkitError(f"unknown --precision '{config.precision}' (choose from {', '.join(PRECISIONS)})")
+    if config.jit not in JITS:
+        raise TfkitError(f"unknown --jit '{config.jit}' (choose from {', '.join(JITS)})")
+    if config.probe is not None and not isinstance(config.probe, dict):
+        raise TfkitError(f"probe must be the speed probe's record (an object), got {type(config.probe).__name__}")
+
+
+def recorded() -> dataclasses.Field:
+    """A field tfkit fills in and saves in config.json (the speed probe's record), not a command-line flag."""
+    return dataclasses.field(default=None, metadata={"flag": False})
 
 
 @dataclasses.dataclass
@@ -102,16 +114,16 @@ class TrainConfig:
     strategy: str = "auto"  # auto | single | mirrored | multiworker (`tfkit.cluster.resolve_strategy`)
     checkpoint_every: int | None = None  # optimizer steps between training checkpoints; None = each epoch
     precision: str = "auto"
+    precision: str = "auto"  # auto | float32 | mixed_bfloat16; auto = measured (`tfkit.probe`)
     bucket: bool = True
-    jit_compile: bool = False
+    jit: str = "auto"  # auto | on | off
+    probe: dict | None = recorded()  # how precision and jit were chosen: the probe's figures
 
     def validate(self) -> None:
         """Fails on any setting that is out of range, whatever the data (checked before any work)."""
         check_common(self)
         if self.max_length is not None and self.max_length < 8:
             raise TfkitError(f"--max-length must be at least 8 (got {self.max_length})")
-        if self.precision not in PRECISIONS:
-            raise TfkitError(f"unknown --precision '{self.precision}' (choose from {', '.join(PRECISIONS)})")
         if self.class_weight not in CLASS_WEIGHTS:
             raise TfkitError(f"unknown --class-weight '{self.class_weight}' (choose from {', '.join(CLASS_WEIGHTS)})")
         if self.text_column == self.label_column:
@@ -149,6 +161,9 @@ class DistillConfig:
     devices: int = 1
     strategy: str = "auto"
     checkpoint_every: int | None = None
+    precision: str = "auto"  # of the student's training, chosen like the teacher's
+    jit: str = "auto"
+    probe: dict | None = recorded()
 
     def validate(self) -> None:
         """Fails on settings that are wrong whatever the teacher (checked before any work)."""

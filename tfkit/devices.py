@@ -1,4 +1,4 @@
-"""Where and in what precision training runs: logical CPU devices, the strategy, bf16 or not.
+"""Where training runs: logical CPU devices, the strategy, and what the CPU can do (bf16 or not).
 
 One code path serves 1 or N devices: training always runs under `strategy.scope()`; with one
 device that is TensorFlow's default strategy. `--devices N` splits the CPU into N logical
@@ -11,46 +11,44 @@ import dataclasses
 import functools
 import logging
 import os
+import platform
 
 import tensorflow as tf
 
 from tfkit.cluster import Cluster, join_timeout, resolve_strategy, wait_for_workers
-from tfkit.config import PRECISIONS
 from tfkit.errors import TfkitError
 
 log = logging.getLogger("tfkit")
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags from /proc/cpuinfo (empty where it does not exist)."""
+def cpuinfo(field: str) -> str:
+    """The first value of `field` in /proc/cpuinfo ("" where there is none)."""
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
+            if line.split(":", 1)[0].strip() == field:
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return ""
 
 
-def bf16_pays() -> bool:
-    """Whether `auto` should train in mixed_bfloat16: on AMX tiles or a GPU.
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where it does not exist)."""
+    return frozenset(cpuinfo("flags").split())
 
-    Measured on the default teacher with AVX-512 BF16 but no AMX: 1.22-1.33x faster over two
-    full epochs, equal validation accuracy, 1.4 points lower test accuracy (0.8361 vs 0.8501), so not
-    the default there; on AVX2 only (bf16 emulated) 0.2x. AMX and GPUs run bf16 matmuls natively
-    at several times the float32 rate (not measured here: no such machine).
+
+def cpu_model() -> str:
+    """The CPU's model name (what the speed probe's cache is keyed by)."""
+    return cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def bf16_hardware() -> bool:
+    """Whether bf16 can be fast here: AVX-512 BF16 or AMX instructions, or a GPU.
+
+    Elsewhere bf16 is emulated (measured on AVX2 only: 0.2x float32), so the speed probe does not try it.
     """
-    return "amx_bf16" in cpu_flags() or bool(tf.config.list_physical_devices("GPU"))
-
-
-def resolve_precision(precision: str) -> str:
-    """`auto` becomes `mixed_bfloat16` where it pays (`bf16_pays`), else `float32`."""
-    if precision not in PRECISIONS:
-        raise TfkitError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
-    if precision == "auto":
-        return "mixed_bfloat16" if bf16_pays() else "float32"
-    return precision
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) or bool(tf.config.list_physical_devices("GPU"))
 
 
 def configure_devices(devices: int = 1, threads: int | None = None) -> None:

@@ -34,7 +34,8 @@ from tfkit.loop import Schedule, compile_model, fit_model, verbosity
 from tfkit.resume import check_resume, remove_resume, resume_dir, run_settings
 from tfkit.data import fingerprint
 from tfkit.errors import TfkitError
-from tfkit.preprocess import batch_count, make_dataset, make_stream
+from tfkit import probe
+from tfkit.preprocess import batch_count, batch_shapes, make_dataset, make_stream
 from tfkit.student import make_student, student_shape, student_tokenizer, trim_vocab
 from tfkit.train import evaluate, save_model_dir
 
@@ -206,17 +207,19 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
         runs["hard_labels"] = (1.0, 0.0, train)
     live_teacher = config.recompute_teacher or config.hidden_loss > 0
     targets = lambda d: {k: d[k] for k in ("label", "teacher_logits") if k in d}
-    results = {}
+    results, speed = {}, None
     for name, (alpha, hidden_loss, data) in runs.items():
         keras.utils.set_random_seed(config.seed)
         with placement.strategy.scope():
-            student = build_classifier(make_student(backbone_of(teacher.model), shape, keep, config.dropout, config.seed),
-                                       len(teacher.labels), config.dropout, config.seed)
             steps = batch_count(tokenizer, data["texts"], config.batch_size)
             val_ds = make_dataset(tokenizer, val["texts"], targets(val), config.batch_size)
-            model = Distiller(student, teacher.model if live_teacher else None, config.temperature, alpha, hidden_loss)
-            compile_model(model, len(teacher.labels), config.learning_rate, config.epochs * steps, config.warmup_ratio,
-                          config.weight_decay)
+            compiled = lambda precision, jit, warmup_ratio: compiled_student(
+                teacher, shape, keep, config, alpha, hidden_loss, live_teacher, precision, jit, config.epochs * steps, warmup_ratio)
+            if speed is None:  # measured on the distilled run; the hard-label baseline trains the same way
+                speed = student_speed(config, tokenizer, data, targets, shape, live_teacher, compiled, config.epochs * steps,
+                                      len(teacher.labels), probe_speed=placement.cluster is None)
+                keras.utils.set_random_seed(config.seed)  # the same training whether the probe ran, was cached or skipped
+            model, student = compiled(speed["precision"], speed["jit"], config.warmup_ratio)
         log.info("training the %s student on %d texts (alpha %.2f, T %.1f, hidden loss %g), %s", name.replace("_", "-"),
                  len(data["texts"]), alpha, config.temperature, hidden_loss, placement.describe())
         stream = functools.partial(make_stream, tokenizer, data["texts"], targets(data), config.batch_size, config.seed,
@@ -232,8 +235,9 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
         placement.finish()
         return None
 
+    resolved = dataclasses.replace(config, precision=speed["precision"], jit=speed["jit"], probe=speed)
     model_config = ModelConfig(kind="student", labels=teacher.labels, tokenizer=tokenizer.config(),
-                               precision="float32", training=dataclasses.asdict(config),
+                               precision=speed["precision"], training=dataclasses.asdict(resolved),
                                data={**_data_record(teacher, config), "student_shape": dataclasses.asdict(shape)})
     classifier = Classifier(results["distilled"]["student"], tokenizer, model_config)
     teacher_test = teacher.predict_logits(splits.test.texts).argmax(-1)
@@ -261,6 +265,32 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
     remove_resume(out)
     placement.finish()
     return metrics
+
+
+def compiled_student(teacher: Classifier, shape, keep, config: DistillConfig, alpha: float, hidden_loss: float,
+                     live_teacher: bool, precision: str, jit: str, steps: int, warmup_ratio: float):
+    """(the compiled `Distiller`, its student classifier), the student in `precision`, its train step XLA-compiled or not."""
+    student = build_classifier(make_student(backbone_of(teacher.model), shape, keep, config.dropout, config.seed, precision),
+                               len(teacher.labels), config.dropout, config.seed)
+    model = Distiller(student, teacher.model if live_teacher else None, config.temperature, alpha, hidden_loss)
+    compile_model(model, len(teacher.labels), config.learning_rate, steps, warmup_ratio, config.weight_decay,
+                  jit_compile=jit == "on")
+    return model, student
+
+
+def student_speed(config: DistillConfig, tokenizer, data: dict, targets, shape, live_teacher: bool, compiled,
+                  steps: int, classes: int, probe_speed: bool = True) -> dict:
+    """The student's precision and XLA (`tfkit.probe.decide`), probed on its own training batches (unless `probe_speed` is False)."""
+    texts = probe.probe_texts(config.batch_size, len(data["texts"]))
+    head = {k: v[:texts] for k, v in targets(data).items()}
+    model = {**dataclasses.asdict(shape), "vocabulary_size": len(tokenizer.vocab), "classes": classes,
+             "live_teacher": live_teacher, "hidden_loss": config.hidden_loss > 0}
+    return probe.decide(config, "student", model, tokenizer.max_length,
+                        make_model=lambda c: compiled(c.precision, c.jit, 0.0)[0],
+                        probe_data=lambda: make_dataset(tokenizer, data["texts"][:texts], head, config.batch_size,
+                                                        shuffle=True, seed=config.seed),
+                        train_steps=steps, compile_shapes=batch_shapes(tokenizer.lengths(data["texts"]), tokenizer.max_length),
+                        static=None if probe_speed else "several workers take the static choice (they must agree)")
 
 
 def _with_augmented(train: dict, teacher: Classifier, config: DistillConfig) -> dict:

@@ -118,6 +118,14 @@ def _bucket_sizes(lengths: np.ndarray, max_length: int, batch_size: int) -> tupl
     return boundaries, int(sum(math.ceil(c / batch_size) for c in counts))
 
 
+def batch_shapes(lengths: np.ndarray, max_length: int, bucket: bool = True) -> int:
+    """How many distinct sequence lengths `make_dataset`'s batches have (XLA compiles once for each)."""
+    if not bucket or not len(lengths):
+        return 1
+    boundaries, _ = _bucket_sizes(lengths, max_length, 1)
+    return len(np.unique(np.searchsorted(boundaries, np.minimum(lengths, max_length), side="right")))
+
+
 def make_dataset(
     tokenizer: WordPieceTokenizer,
     texts: list[str],

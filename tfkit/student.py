@@ -70,12 +70,13 @@ def layer_map(teacher_layers: int, student_layers: int) -> list[int]:
 
 
 def make_student(teacher: Backbone, shape: StudentShape, keep_ids: list[int] | None = None,
-                 dropout: float = 0.1, seed: int = 0) -> Backbone:
-    """A student backbone initialised from `teacher` (see the module docstring)."""
+                 dropout: float = 0.1, seed: int = 0, dtype: str | None = None) -> Backbone:
+    """A student backbone initialised from `teacher` (see the module docstring); `dtype` is its Keras dtype policy."""
     keep = np.arange(teacher.vocabulary_size) if keep_ids is None else np.asarray(keep_ids)
     student = Backbone(
         vocabulary_size=len(keep), max_sequence_length=teacher.max_sequence_length, dropout=dropout,
-        hidden_activation=teacher.hidden_activation, num_segments=teacher.num_segments, **dataclasses.asdict(shape),
+        hidden_activation=teacher.hidden_activation, num_segments=teacher.num_segments, dtype=dtype,
+        **dataclasses.asdict(shape),
     )
     token = teacher.get_layer("token_embedding").embeddings.numpy()
     project = _pca(token, shape.hidden_dim) if shape.hidden_dim != teacher.hidden_dim else None

@@ -23,11 +23,12 @@ from tfkit.baseline import fit_baseline
 from tfkit.classifier import HELDOUT_FILE, Classifier, ModelConfig, build_classifier, classification_metrics
 from tfkit.config import TrainConfig
 from tfkit.data import Splits, data_report, fingerprint, load_splits, log_report, write_heldout
-from tfkit.devices import configure_devices, place, resolve_precision
+from tfkit.devices import configure_devices, place
 from tfkit.errors import TfkitError
+from tfkit import probe
 from tfkit.loop import Schedule, compile_model, fit_model, verbosity
 from tfkit.resume import check_resume, remove_resume, resume_dir, run_settings
-from tfkit.preprocess import WordPieceTokenizer, choose_max_length, length_report, make_dataset, make_stream
+from tfkit.preprocess import WordPieceTokenizer, choose_max_length, batch_shapes, length_report, make_dataset, make_stream
 
 log = logging.getLogger("tfkit")
 
@@ -73,11 +74,12 @@ def class_weights(labels, num_classes: int, mode: str) -> tuple[dict[int, float]
 
 
 def prepare(config: TrainConfig) -> tuple[Splits, str]:
-    """Validates the config and data before any model work; returns splits and resolved precision."""
+    """Validates the config and data before any model work; returns splits and the precision asked for
+    (`auto` is decided by `build`, by measurement)."""
     config.validate()
     assets.check_checkpoint(config.pretrained or assets.default_teacher_dir())
     configure_devices(config.devices)
-    precision = resolve_precision(config.precision)
+    precision = config.precision
     keras.utils.set_random_seed(config.seed)
     splits = load_splits(config.data, config.val, config.test, config.text_column, config.label_column, config.seed,
                          encoding=config.encoding)
@@ -98,17 +100,30 @@ class Run:
     lengths: dict
 
 
-def build(config: TrainConfig, splits: Splits, precision: str, strategy=None) -> Run:
-    """Loads the pretrained backbone under the strategy, picks max_length, compiles the classifier.
+def build(config: TrainConfig, splits: Splits, precision: str, strategy=None, probe_speed: bool = True) -> Run:
+    """Loads the pretrained backbone under the strategy, picks max_length, precision and XLA, compiles the classifier.
 
-    `strategy`: the run's (`tfkit.devices.place`); None places one from the config.
+    `strategy`: the run's (`tfkit.devices.place`); None places one from the config. `probe_speed`
+    False takes the static choice for `auto` instead of measuring (several workers must agree).
     """
     from tfkit.backbone import load_backbone
 
+    config = dataclasses.replace(config, precision=precision)
     pretrained = config.pretrained or str(assets.default_teacher_dir())
     strategy = strategy or place(config.strategy, config.devices).strategy
+    learning_rate = config.learning_rate or (1e-3 if config.freeze_backbone else 5e-5)
+    classes = len(splits.label_names)
+
+    def classifier(dtype: str, jit: str, steps: int, warmup_ratio: float) -> keras.Model:
+        backbone, _ = load_backbone(pretrained, max_length=10**6, dtype=dtype, dropout=config.dropout)
+        backbone.trainable = not config.freeze_backbone
+        model = build_classifier(backbone, classes, config.dropout, config.seed)
+        compile_model(model, classes, learning_rate, steps, warmup_ratio, config.weight_decay,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit == "on")
+        return model
+
     with strategy.scope():
-        backbone, tokenizer = load_backbone(pretrained, max_length=10**6, dtype=precision, dropout=config.dropout)
+        backbone, tokenizer = load_backbone(pretrained, max_length=10**6, dropout=config.dropout)
         lengths = tokenizer.lengths(splits.train.texts)
         max_length = config.max_length or choose_max_length(lengths, backbone.max_sequence_length)
         if max_length > backbone.max_sequence_length:
@@ -117,9 +132,6 @@ def build(config: TrainConfig, splits: Splits, precision: str, strategy=None) ->
         report = length_report(lengths, max_length)
         log.info("token lengths p50 %(p50)d p95 %(p95)d p99 %(p99)d max %(max)d -> max_length %(max_length)d "
                  "(%(truncated).2f%% truncated)", {**report, "truncated": 100 * report["truncated"]})
-        backbone.trainable = not config.freeze_backbone
-        model = build_classifier(backbone, len(splits.label_names), config.dropout, config.seed)
-        learning_rate = config.learning_rate or (1e-3 if config.freeze_backbone else 5e-5)
         train_ds = make_dataset(tokenizer, splits.train.texts, splits.train.labels, config.batch_size,
                                 shuffle=True, seed=config.seed, bucket=config.bucket)
         val_ds = make_dataset(tokenizer, splits.val.texts, splits.val.labels, config.batch_size, bucket=config.bucket)
@@ -128,10 +140,20 @@ def build(config: TrainConfig, splits: Splits, precision: str, strategy=None) ->
                                    config.seed, config.bucket, epochs=epochs)
         log.info("training length: %s; early stopping after %d epoch(s) without a better validation macro-F1", why, patience)
         steps = epochs * int(train_ds.cardinality())
-        compile_model(model, len(splits.label_names), learning_rate, steps, config.warmup_ratio, config.weight_decay,
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=config.jit_compile)
+        shape = {k: getattr(backbone, k) for k in ("num_layers", "hidden_dim", "num_heads", "intermediate_dim", "vocabulary_size")}
+        texts = probe.probe_texts(config.batch_size, len(splits.train))
+        speed = probe.decide(
+            config, "teacher", {**shape, "classes": classes, "frozen": config.freeze_backbone}, max_length,
+            make_model=lambda c: classifier(c.precision, c.jit, steps, 0.0),
+            probe_data=lambda: make_dataset(tokenizer, splits.train.texts[:texts], splits.train.labels[:texts],
+                                            config.batch_size, shuffle=True, seed=config.seed, bucket=config.bucket),
+            train_steps=steps, compile_shapes=batch_shapes(lengths, max_length, config.bucket), bucket=config.bucket,
+            static=None if probe_speed else "several workers take the static choice (they must agree)")
+        keras.utils.set_random_seed(config.seed)  # the same training whether the probe ran, was cached or skipped
+        model = classifier(speed["precision"], speed["jit"], steps, config.warmup_ratio)
     resolved = dataclasses.replace(config, pretrained=pretrained, max_length=max_length, learning_rate=learning_rate,
-                                   epochs=epochs, patience=patience)
+                                   epochs=epochs, patience=patience, precision=speed["precision"], jit=speed["jit"],
+                                   probe=speed)
     return Run(model, tokenizer, train_ds, stream, val_ds, strategy, resolved, report)
 
 
@@ -158,9 +180,11 @@ def train(config: TrainConfig, out: str | Path = "models/teacher") -> dict | Non
         baseline = fit_baseline(splits, balanced=weights is not None, seed=config.seed)
         log.info("TF-IDF baseline: test accuracy %.4f, macro-F1 %.4f (%.1f s)", baseline["test"]["accuracy"],
                  baseline["test"]["macro_f1"], baseline["seconds"])
-    run = build(config, splits, precision, placement.strategy)
+    run = build(config, splits, precision, placement.strategy, probe_speed=placement.cluster is None)
     run.config = dataclasses.replace(run.config, class_weight=weighting)
-    log.info("training on %d examples (%s), %s, %s", len(splits.train), splits.sizes(), placement.describe(), precision)
+    precision = run.config.precision
+    log.info("training on %d examples (%s), %s, %s, XLA %s", len(splits.train), splits.sizes(), placement.describe(),
+             precision, run.config.jit)
     schedule = Schedule(run.config.epochs, run.config.patience, config.checkpoint_every, verbosity())
     fitted = fit_model(run.model, run.stream, len(run.train_ds), run.val_ds, schedule, strategy=placement.strategy,
                        resume_area=resume_dir(out) / "teacher", settings=settings, cluster=placement.cluster,

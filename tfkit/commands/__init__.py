@@ -9,10 +9,10 @@ import typing
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_class, help: dict[str, str], skip=()) -> None:
-    """One flag per field of a config dataclass; type and default come from the field."""
+    """One flag per field of a config dataclass (but `config.recorded()` ones); type and default come from the field."""
     hints = typing.get_type_hints(config_class)
     for field in dataclasses.fields(config_class):
-        if field.name in skip:
+        if field.name in skip or not field.metadata.get("flag", True):
             continue
         flag, kind = "--" + field.name.replace("_", "-"), hints[field.name]
         if isinstance(kind, types.UnionType):  # `int | None`

@@ -31,6 +31,8 @@ HELP = {
     "devices": "split the CPU into N logical devices and train with MirroredStrategy",
     "strategy": "auto (default), single, mirrored or multiworker, as for `tfkit train` (every worker needs the teacher)",
     "checkpoint_every": "also save a training checkpoint every N optimizer steps (default: at each epoch's end)",
+    "precision": "the student's training precision: auto (default: measured, as for `tfkit train`), float32, or mixed_bfloat16",
+    "jit": "XLA-compile the student's train step: auto (default: measured), on, or off",
 }
 
 

@@ -42,7 +42,8 @@ def bench_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
 def distill_config(args: argparse.Namespace) -> DistillConfig:
     extra = {"epochs": args.distill_epochs} if args.distill_epochs is not None else {}
     return DistillConfig(teacher=str(outputs(args)[0]), student=args.student, seed=args.seed, devices=args.devices,
-                         strategy=args.strategy, checkpoint_every=args.checkpoint_every, **extra)
+                         strategy=args.strategy, checkpoint_every=args.checkpoint_every,
+                         precision=args.precision, jit=args.jit, **extra)  # the student's speed: chosen like the teacher's
 
 
 def check_run(args: argparse.Namespace) -> None:

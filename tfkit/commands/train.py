@@ -31,10 +31,11 @@ HELP = {
                 "single, mirrored, or multiworker (MultiWorkerMirroredStrategy over the TF_CONFIG cluster)",
     "checkpoint_every": "also save a training checkpoint every N optimizer steps (default: at each epoch's end); "
                         "the same command resumes an interrupted run",
-    "precision": "auto (default) = mixed_bfloat16 on AMX CPUs or a GPU, where it is faster; float32 elsewhere",
+    "precision": "auto (default: the faster of float32 and mixed_bfloat16 in a short probe on this machine, cached; "
+                 "bf16 is tried only on AVX-512 BF16/AMX CPUs or a GPU), float32, or mixed_bfloat16",
     "freeze_backbone": "train only the classification head (feature extraction)",
     "bucket": "batch texts of similar length together (default on; --no-bucket pads every batch to --max-length)",
-    "jit_compile": "compile train steps with XLA",
+    "jit": "XLA-compile the train step: auto (default: measured in the same probe), on, or off",
 }
 
 
