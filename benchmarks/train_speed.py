@@ -25,6 +25,7 @@ CONFIGS = {
     "fixed-64": dict(bucket=False),
     "bucketed": dict(bucket=True),
     "bucketed+bf16": dict(bucket=True, precision="mixed_bfloat16"),
+    "bucketed+bf16-all": dict(bucket=True, precision="mixed_bfloat16", float32_islands=False),  # Keras' plain mixed policy
     "bucketed+2-devices": dict(bucket=True, devices=2),  # tfkit's default: the cores shared out per replica
     "bucketed+2-devices+tf-default-threads": dict(bucket=True, devices=2, threads=0),
     "bucketed+xla": dict(bucket=True, jit_compile=True),
@@ -35,10 +36,13 @@ DEFAULT = [name for name in CONFIGS if "xla" not in name]
 def probe(name: str, steps: int) -> dict:
     """Runs in a fresh process: devices must be set before TensorFlow starts."""
     options = dict(CONFIGS[name])
-    threads = options.pop("threads", None)
+    threads, islands = options.pop("threads", None), options.pop("float32_islands", True)
     from tfkit.devices import configure_devices
 
     configure_devices(options.get("devices", 1), threads)
+    import tfkit.backbone
+
+    tfkit.backbone.FLOAT32_ISLANDS = islands
     from tfkit.train import TrainConfig, build, prepare
 
     config = TrainConfig(max_length=64, **{"precision": "float32", **options})
