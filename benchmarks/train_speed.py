@@ -25,7 +25,7 @@ CONFIGS = {
     "fixed-64": dict(bucket=False),
     "bucketed": dict(bucket=True),
     "bucketed+bf16": dict(bucket=True, precision="mixed_bfloat16"),
-    "bucketed+bf16-all": dict(bucket=True, precision="mixed_bfloat16", float32_islands=False),  # Keras' plain mixed policy
+    "bucketed+bf16-islands": dict(bucket=True, precision="mixed_bfloat16", float32_islands=True),  # tfkit.backbone.float32_islands
     "bucketed+2-devices": dict(bucket=True, devices=2),  # tfkit's default: the cores shared out per replica
     "bucketed+2-devices+tf-default-threads": dict(bucket=True, devices=2, threads=0),
     "bucketed+xla": dict(bucket=True, jit_compile=True),
@@ -36,7 +36,7 @@ DEFAULT = [name for name in CONFIGS if "xla" not in name]
 def probe(name: str, steps: int) -> dict:
     """Runs in a fresh process: devices must be set before TensorFlow starts."""
     options = dict(CONFIGS[name])
-    threads, islands = options.pop("threads", None), options.pop("float32_islands", True)
+    threads, islands = options.pop("threads", None), options.pop("float32_islands", False)
     from tfkit.devices import configure_devices
 
     configure_devices(options.get("devices", 1), threads)

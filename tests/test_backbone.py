@@ -51,8 +51,14 @@ def test_exact_gelu_survives_save_and_load(tiny_checkpoint, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_mixed_precision_keeps_all_but_the_matmuls_in_float32(tiny_checkpoint, tmp_path):
-    """Under mixed_bfloat16 the residual stream, LayerNorm and softmax are float32 (as PyTorch's autocast), after a reload too."""
+def test_float32_islands_keep_all_but_the_matmuls_in_float32(tiny_checkpoint, tmp_path, monkeypatch):
+    """With FLOAT32_ISLANDS, mixed_bfloat16 keeps the residual stream, LayerNorm and softmax in float32 (as
+    PyTorch's autocast), after a reload too; without it (the default) Keras' plain mixed policy runs."""
+    import tfkit.backbone
+
+    plain, _ = load_backbone(tiny_checkpoint, dtype="mixed_bfloat16")
+    assert plain.transformer_layers[0]._self_attention_layer_norm.compute_dtype == "bfloat16"
+    monkeypatch.setattr(tfkit.backbone, "FLOAT32_ISLANDS", True)
     backbone, tokenizer = load_backbone(tiny_checkpoint, dtype="mixed_bfloat16")
     backbone.save(tmp_path / "b.keras")
     reference, _ = load_backbone(tiny_checkpoint, dtype="float32")
