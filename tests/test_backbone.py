@@ -51,6 +51,32 @@ def test_exact_gelu_survives_save_and_load(tiny_checkpoint, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_float32_islands_keep_all_but_the_matmuls_in_float32(tiny_checkpoint, tmp_path, monkeypatch):
+    """With FLOAT32_ISLANDS, mixed_bfloat16 keeps the residual stream, LayerNorm and softmax in float32 (as
+    PyTorch's autocast), after a reload too; without it (the default) Keras' plain mixed policy runs."""
+    import tfkit.backbone
+
+    plain, _ = load_backbone(tiny_checkpoint, dtype="mixed_bfloat16")
+    assert plain.transformer_layers[0]._self_attention_layer_norm.compute_dtype == "bfloat16"
+    monkeypatch.setattr(tfkit.backbone, "FLOAT32_ISLANDS", True)
+    backbone, tokenizer = load_backbone(tiny_checkpoint, dtype="mixed_bfloat16")
+    backbone.save(tmp_path / "b.keras")
+    reference, _ = load_backbone(tiny_checkpoint, dtype="float32")
+    x = tokenizer.encode(tf.constant(["good film", "the plot was very dull and boring"]))
+    for model in (backbone, keras.saving.load_model(tmp_path / "b.keras")):
+        layer = model.transformer_layers[0]
+        assert model.get_layer("embeddings_layer_norm").compute_dtype == "float32"
+        assert layer.compute_dtype == layer._self_attention_layer_norm.compute_dtype == "float32"
+        assert layer._self_attention_layer._softmax.compute_dtype == "float32"
+        assert layer._feedforward_intermediate_dense.compute_dtype == "bfloat16"
+        assert layer._self_attention_layer._query_dense.compute_dtype == "bfloat16"
+        out = model({"token_ids": x["token_ids"], "segment_ids": tf.zeros_like(x["token_ids"]), "padding_mask": x["padding_mask"]})
+        assert out["sequence_output"].dtype == "float32"
+        seq, ref = keras_outputs(model, x["token_ids"], x["padding_mask"])[0], keras_outputs(reference, x["token_ids"], x["padding_mask"])[0]
+        assert 0 < np.abs(seq - ref).max() < 0.05  # bf16 matmuls: close to float32, not equal
+    assert {l.compute_dtype for l in reference._flatten_layers()} == {"float32"}
+
+
 def test_approximate_gelu_checkpoint(tmp_path):
     path = write_hf_checkpoint(str(tmp_path / "ck"), hidden_act="gelu_new")
     assert load_backbone(path)[0].hidden_activation == "gelu_approximate"

@@ -187,7 +187,7 @@ def test_bf16_training_of_a_tiny_model_stays_close_to_float32(tiny_checkpoint, s
     from tfkit.backbone import load_backbone
     from tfkit.classifier import build_classifier
     from tfkit.preprocess import make_dataset
-    from tfkit.train import make_optimizer
+    from tfkit.loop import make_optimizer
     from tests.conftest import synthetic_rows
 
     rows = synthetic_rows(160)

@@ -170,15 +170,17 @@ def test_a_model_directory_is_self_contained(trained_teacher, tmp_path, monkeypa
     assert copy.heldout()[1].texts == test.texts  # export and bench need only these
 
 
-@pytest.mark.parametrize("steps, epochs, patience, expected", [
-    (321, None, None, (2, 1)),  # the built-in data: 2 epochs, as before
-    (100, None, None, (6, 2)),  # at least 600 optimizer steps
-    (29, None, None, (20, 5)),  # 900 texts: capped at 20 epochs, patience grows with them
-    (29, 3, None, (3, 2)),  # --epochs means exactly that
-    (29, None, 7, (20, 7)),
+@pytest.mark.parametrize("texts, batch, epochs, patience, expected", [
+    (10246, 32, None, None, (2, 1)),  # the built-in data: 2 epochs, as before
+    (3000, 32, None, None, (7, 2)),  # at least 600 batches' worth of texts
+    (3000, 8, None, None, (2, 1)),  # ... counted at the batch size used
+    (897, 32, None, None, (20, 5)),  # 900 texts: capped at 20 epochs, patience grows with them
+    (897, 32, 3, None, (3, 2)),  # --epochs means exactly that
+    (897, 32, None, 7, (20, 7)),
+    (1, 32, None, None, (20, 5)),
 ])
-def test_training_length_follows_the_data_size(steps, epochs, patience, expected):
-    assert training_length(steps, epochs, patience)[:2] == expected
+def test_training_length_follows_the_data_size(texts, batch, epochs, patience, expected):
+    assert training_length(texts, batch, epochs, patience)[:2] == expected
 
 
 def test_warmup_and_decay_follow_the_real_step_count(sentiment_csv, tiny_checkpoint, monkeypatch):
@@ -191,7 +193,8 @@ def test_warmup_and_decay_follow_the_real_step_count(sentiment_csv, tiny_checkpo
     splits, precision = prepare(config)
     run = build(config, splits, precision)
     per_epoch = int(run.train_ds.cardinality())
-    assert run.config.epochs == min(20, -(-600 // per_epoch)) and run.config.patience == max(2, run.config.epochs // 4)
+    full_batches = -(-len(splits.train) // config.batch_size)  # the budget counts texts, not bucketed batches
+    assert run.config.epochs == min(20, -(-600 // full_batches)) and run.config.patience == max(2, run.config.epochs // 4)
     assert made[-1][1:3] == (run.config.epochs * per_epoch, 0.1)
 
 

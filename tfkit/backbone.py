@@ -24,6 +24,11 @@ from tfkit.preprocess import WordPieceTokenizer, read_vocab
 
 
 
+# Off: measured no better (test 0.8407/0.8322 over two seeds vs Keras' plain mixed policy's 0.8353/0.8431,
+# float32 0.8486/0.8423) at 3% more CPU per step; benchmarks/bf16_accuracy.py turns it on to measure it.
+FLOAT32_ISLANDS = False
+
+
 def _activation(name: str):
     return gelu_approximate if name == "gelu_approximate" else keras.activations.get(name)
 
@@ -44,9 +49,35 @@ class Backbone(keras_hub.models.BertBackbone):
         for layer in self.transformer_layers:  # built by super(); Dense reads .activation at call time
             layer.activation = activation
             layer._feedforward_intermediate_dense.activation = activation
+        if FLOAT32_ISLANDS and self.dtype_policy.compute_dtype != "float32":
+            float32_islands(self)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "hidden_activation": self.hidden_activation}
+
+
+def float32_islands(backbone: keras_hub.models.BertBackbone, residual: bool = True, softmax: bool = True) -> None:
+    """Under a mixed policy, keeps everything but the matmuls in float32, as PyTorch's autocast does.
+
+    Keras' mixed_bfloat16 runs the whole residual stream in bf16 (embeddings, each residual add,
+    LayerNorm's output, dropout) and the attention softmax too; autocast keeps those in float32
+    and only feeds the matmuls bf16. Done here by giving the non-matmul layers a float32 policy:
+    each layer casts its inputs to its own compute dtype, so the matmul layers (attention
+    projections, feed-forward) still compute in bf16 and the rest gets float32 inputs.
+    """
+    float32 = keras.DTypePolicy("float32")
+    if residual:
+        for name in ("token_embedding", "position_embedding", "segment_embedding", "embeddings_add",
+                     "embeddings_layer_norm", "embeddings_dropout", "pooled_dense"):
+            backbone.get_layer(name).dtype_policy = float32
+    for layer in backbone.transformer_layers:
+        if residual:  # the encoder layer's own policy decides the dtype of its input, i.e. of the residual
+            layer.dtype_policy = float32
+            for part in (layer._self_attention_layer_norm, layer._self_attention_dropout,
+                         layer._feedforward_layer_norm, layer._feedforward_dropout):
+                part.dtype_policy = float32
+        if softmax:  # used when attention has dropout (BERT's 0.1); without it Keras' fused path runs
+            layer._self_attention_layer._softmax.dtype_policy = float32
 
 
 def _describe(error: Exception) -> str:

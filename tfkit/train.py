@@ -33,23 +33,28 @@ from tfkit.preprocess import WordPieceTokenizer, choose_max_length, batch_shapes
 log = logging.getLogger("tfkit")
 
 
-MIN_STEPS = 600  # optimizer steps a run gets at least: 2 epochs of the built-in data's 10,246 texts are 642
+MIN_STEPS = 600  # full batches a run gets at least: 2 epochs of the built-in data's 10,246 texts are 642
 MAX_AUTO_EPOCHS = 20
 IMBALANCE = 3.0  # `--class-weight auto` balances when the largest class has this many times the smallest's examples
 
 
-def training_length(steps_per_epoch: int, epochs: int | None = None, patience: int | None = None) -> tuple[int, int, str]:
-    """(epochs, early-stopping patience, why) for a run of `steps_per_epoch` optimizer steps an epoch.
+def training_length(train_size: int, batch_size: int, epochs: int | None = None,
+                    patience: int | None = None) -> tuple[int, int, str]:
+    """(epochs, early-stopping patience, why) for `train_size` training texts in batches of `batch_size`.
 
     Two epochs of a few hundred texts are a few dozen steps, too few to get past the majority
-    class; so by default a run gets at least MIN_STEPS steps (2 to MAX_AUTO_EPOCHS epochs), and
-    early stopping on validation macro-F1 with the best weights restored ends it when it stops
-    improving. An explicit --epochs means exactly that many (less if early stopping ends it).
+    class; so by default a run sees at least MIN_STEPS batches' worth of texts (2 to MAX_AUTO_EPOCHS
+    epochs), and early stopping on validation macro-F1 with the best weights restored ends it when it
+    stops improving. The budget counts texts, not the batches length bucketing makes: texts of widely
+    spread lengths fill many part-empty buckets (the 897 debate statements made 75 batches an epoch,
+    not 29), which would cut the epochs for exactly the data that needs them. An explicit --epochs
+    means exactly that many (less if early stopping ends it).
     """
+    full_batches = max(1, math.ceil(train_size / batch_size))
     if epochs is None:
-        epochs = min(MAX_AUTO_EPOCHS, max(2, math.ceil(MIN_STEPS / max(1, steps_per_epoch))))
-        why = (f"{steps_per_epoch} steps an epoch -> {epochs} epochs, for at least {MIN_STEPS} optimizer steps "
-               f"(at most {MAX_AUTO_EPOCHS} epochs)")
+        epochs = min(MAX_AUTO_EPOCHS, max(2, math.ceil(MIN_STEPS / full_batches)))
+        why = (f"{train_size} texts = {full_batches} batches of {batch_size} an epoch -> {epochs} epochs, "
+               f"for at least {MIN_STEPS} batches' worth (at most {MAX_AUTO_EPOCHS} epochs)")
     else:
         why = "--epochs"
     if patience is None:  # measured: patience 1 stopped a 9-class run at its first validation dip, still learning
@@ -135,7 +140,7 @@ def build(config: TrainConfig, splits: Splits, precision: str, strategy=None, pr
         train_ds = make_dataset(tokenizer, splits.train.texts, splits.train.labels, config.batch_size,
                                 shuffle=True, seed=config.seed, bucket=config.bucket)
         val_ds = make_dataset(tokenizer, splits.val.texts, splits.val.labels, config.batch_size, bucket=config.bucket)
-        epochs, patience, why = training_length(int(train_ds.cardinality()), config.epochs, config.patience)
+        epochs, patience, why = training_length(len(splits.train), config.batch_size, config.epochs, config.patience)
         stream = functools.partial(make_stream, tokenizer, splits.train.texts, splits.train.labels, config.batch_size,
                                    config.seed, config.bucket, epochs=epochs)
         log.info("training length: %s; early stopping after %d epoch(s) without a better validation macro-F1", why, patience)

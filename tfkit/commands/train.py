@@ -17,7 +17,7 @@ HELP = {
     "encoding": "text encoding of the data files, e.g. latin-1 or cp1252 (default: %(default)s; a byte-order mark is fine)",
     "pretrained": "HuggingFace BERT checkpoint directory (default: the bundled all-MiniLM-L6-v2)",
     "epochs": "maximum epochs; early stopping on validation macro-F1 may stop sooner (default: from the data's size: "
-              "at least 600 optimizer steps, 2 to 20 epochs)",
+              "at least 600 batches' worth of texts, 2 to 20 epochs)",
     "max_length": "tokens per text incl. [CLS]/[SEP] (default: covers 99%% of training texts, a multiple of 16)",
     "learning_rate": "peak learning rate in (0, 1] (default: 5e-5, or 1e-3 with --freeze-backbone)",
     "warmup_ratio": "share of the steps spent warming up, in [0, 1) (default: %(default)s)",
