@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 VARIANTS = {
-    "float32": (["--precision", "float32", "--jit-compile"], False),
-    "bf16": (["--precision", "mixed_bfloat16"], False),
-    "bf16-islands": (["--precision", "mixed_bfloat16"], True),
+    "float32": (["--precision", "float32", "--jit", "on"], False),
+    "bf16": (["--precision", "mixed_bfloat16", "--jit", "off"], False),
+    "bf16-islands": (["--precision", "mixed_bfloat16", "--jit", "off"], True),
 }
 
 
