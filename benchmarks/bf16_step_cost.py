@@ -9,7 +9,7 @@ import sys as _sys
 from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))
-import json, time, statistics, sys
+import json, time, statistics
 import tfkit.backbone
 from tfkit.train import TrainConfig, build, prepare
 
