@@ -92,13 +92,18 @@ class Placement:
     def finish(self) -> None:
         """Every worker waits here until the chief has written the output (one leaving early looks like a crash to the others)."""
         if self.cluster:
-            self.strategy.reduce("SUM", self.strategy.run(tf.function(lambda: tf.constant(1.0))), axis=None)
+            replica_sum(self.strategy, 1.0)
 
     def describe(self) -> str:
         replicas = self.strategy.num_replicas_in_sync
         if self.cluster:
             return f"{len(self.cluster.workers)} workers (this is worker {self.cluster.index}), {replicas} replicas"
         return f"{replicas} replica(s)"
+
+
+def replica_sum(strategy: tf.distribute.Strategy, value: float) -> float:
+    """`value` summed over every replica: a collective, so also a barrier every worker must reach."""
+    return float(strategy.reduce("SUM", strategy.run(tf.function(lambda: tf.constant(float(value)))), axis=None))
 
 
 def place(strategy: str = "auto", devices: int = 1) -> Placement:

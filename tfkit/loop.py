@@ -32,6 +32,7 @@ import tensorflow as tf
 from tfkit.artifacts import write_json
 from tfkit.classifier import MacroF1
 from tfkit.cluster import Cluster
+from tfkit.devices import replica_sum
 from tfkit.errors import TfkitError
 from tfkit.resume import RESUME_FILE, read_state
 
@@ -294,8 +295,7 @@ def _fit(model, stream, val_ds, steps: int, done: int, schedule: Schedule, callb
 
 def agree_on_start(strategy: tf.distribute.Strategy, step: int, cluster: Cluster) -> None:
     """Every worker starts from the same step (a worker that cannot see the chief's checkpoints would not)."""
-    total = strategy.reduce("SUM", strategy.run(tf.function(lambda: tf.constant(float(step)))), axis=None)
-    if float(total) != step * strategy.num_replicas_in_sync:
+    if replica_sum(strategy, step) != step * strategy.num_replicas_in_sync:
         raise TfkitError(f"the workers would resume from different steps (this one: {step}); every worker must see the "
                          "chief's checkpoint area: put the output on storage they all share")
 
