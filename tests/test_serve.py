@@ -20,7 +20,7 @@ import tensorflow as tf
 from tfkit.cli import main
 from tfkit.preprocess import WordPieceTokenizer
 from tfkit.runtimes import OnnxRuntime
-from tfkit.serve import ServeConfig, length_runs, load
+from tfkit.serve import ServeConfig, choose_threads, length_runs, load
 from tfkit.wordpiece import CHECK_FILE, PROBE_TEXTS, FastTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +100,7 @@ def test_server_has_no_tensorflow_and_reports_its_model(server, export_dir):
     check = about["tokenizer"]["check"]
     assert check["agreement"] == 1.0 and check["texts"] == manifest["verification"]["texts"] + len(PROBE_TEXTS)
     assert about["batching"]["max_batch"] == 8 and about["limits"]["max_inputs"] == 8
+    assert about["batching"]["threads"] == 1 and about["batching"]["threads_chosen_by"] == "--threads"
     assert server.client.get("/health").json() == {"status": "ok"}
     assert server.client.get("/docs").status_code == 200 and "/predict" in server.client.get("/openapi.json").json()["paths"]
 
@@ -251,6 +252,23 @@ def test_the_tokenizer_without_tensorflow_gives_the_training_ids(export_dir, tmp
     assert model.key == "onnx-int8", "the default is the int8 file when it passed its gate"
     check = model.tokenizer_check
     assert check["mismatched"] == 1 and check["mismatches"][0]["text"] == first["text"] and check["agreement"] < 1
+
+
+def test_threads_are_chosen_by_a_start_up_trial(export_dir, monkeypatch):
+    import tfkit.serve
+
+    assert choose_threads({1: 100.0, 2: 109.0}) == 1 and choose_threads({1: 100.0, 2: 111.0}) == 2
+    assert choose_threads({1: 100.0, 2: 90.0}) == 1
+    monkeypatch.setattr(tfkit.serve, "cores", lambda: 2)
+    model = load(ServeConfig(str(export_dir)))
+    trial = model.threads
+    assert set(trial["texts_per_s"]) == {"1", "2"} and all(v > 0 for v in trial["texts_per_s"].values())
+    assert trial["threads"] == choose_threads({int(k): v for k, v in trial["texts_per_s"].items()})
+    assert model.runtime.options.intra_op_num_threads == trial["threads"] and "start-up trial" in trial["chosen_by"]
+    monkeypatch.setattr(tfkit.serve, "cores", lambda: 1)
+    assert load(ServeConfig(str(export_dir))).threads == {"threads": 1, "chosen_by": "one core"}
+    fixed = load(ServeConfig(str(export_dir), threads=2))
+    assert fixed.threads == {"threads": 2, "chosen_by": "--threads"} and fixed.runtime.options.intra_op_num_threads == 2
 
 
 def test_length_runs_group_similar_lengths():

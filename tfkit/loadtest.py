@@ -15,16 +15,16 @@ import asyncio
 import collections
 import ipaddress
 import json
-import logging
 import re
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from tfkit.errors import TfkitError
-from tfkit.wordpiece import CHECK_FILE, PROBE_TEXTS, FastTokenizer
+from tfkit.wordpiece import FastTokenizer, check_texts
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
@@ -42,15 +42,6 @@ def check_loopback(url: str) -> str:
     if not loopback:
         raise TfkitError(f"loadtest only targets this machine: {host} is not a loopback address (use 127.0.0.1, ::1 or localhost)")
     return url.rstrip("/")
-
-
-def export_texts(directory: Path) -> list[str]:
-    """The export's test texts, as `tfkit export` recorded them for the tokenizer check."""
-    path = directory / CHECK_FILE
-    if not path.exists():
-        raise TfkitError(f"{path} not found: re-export with this tfkit, or pass --texts FILE")
-    texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [t for t in texts[: len(texts) - len(PROBE_TEXTS)] if t.strip()] or texts
 
 
 def percentiles(seconds: list[float]) -> dict:
@@ -85,33 +76,40 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def _http_slice(url: str, bodies: list[dict], concurrency: int, stop_at: float) -> dict:
-    """Sends `bodies` with `concurrency` connections (after a short warm-up); raw latencies and statuses."""
-    import httpx
+    """Sends `bodies` with `concurrency` keep-alive connections (after a short warm-up); raw latencies and statuses."""
+    import aiohttp
 
-    latencies, statuses, queue = [], collections.Counter(), list(reversed(bodies))
+    latencies, statuses = [], collections.Counter()
+    payloads = [json.dumps(body).encode() for body in reversed(bodies)]  # popped from the end: in order
+    headers = {"content-type": "application/json"}
 
-    async def worker(client, todo):
+    async def worker(session, todo):
         while todo and time.perf_counter() < stop_at:
-            body = todo.pop()
+            payload = todo.pop()
             start = time.perf_counter()
             try:
-                response = await client.post(f"{url}/predict", json=body)
-                statuses[str(response.status_code)] += 1
-                if response.status_code == 200:
+                async with session.post(f"{url}/predict", data=payload, headers=headers) as response:
+                    await response.read()
+                statuses[str(response.status)] += 1
+                if response.status == 200:
                     latencies.append(time.perf_counter() - start)
-            except httpx.HTTPError as e:
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 statuses[f"error: {type(e).__name__}"] += 1
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
-        warm = bodies[: 2 * concurrency]
-        await asyncio.gather(*(worker(client, warm) for _ in range(concurrency)))  # connections, caches
+    async def metrics(session) -> tuple[float, float]:
+        async with session.get(f"{url}/metrics") as response:
+            return batch_counts(await response.text())
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        warm = payloads[-2 * concurrency :]
+        await asyncio.gather(*(worker(session, warm) for _ in range(concurrency)))  # connections, caches
         latencies.clear(), statuses.clear()
-        before = batch_counts((await client.get(f"{url}/metrics")).text)
+        before = await metrics(session)
         start = time.perf_counter()
-        await asyncio.gather(*(worker(client, queue) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(session, payloads) for _ in range(concurrency)))
         wall = time.perf_counter() - start
-        after = batch_counts((await client.get(f"{url}/metrics")).text)
+        after = await metrics(session)
     return {"latencies": latencies, "statuses": statuses, "seconds": wall,
             "batch_texts": after[0] - before[0], "batch_runs": after[1] - before[1]}
 
@@ -151,19 +149,17 @@ def loadtest(url: str, requests: int = 2000, concurrency: int = 16, batch: int =
         max_seconds: each repeat stops issuing requests after this long.
         in_process_seconds: in-process time per batch size per repeat, spread over the slices.
     """
-    import httpx
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     url = check_loopback(url)
     for name, value in (("requests", requests), ("concurrency", concurrency), ("batch", batch), ("repeat", repeat)):
         if value < 1:
             raise TfkitError(f"--{name} must be at least 1 (got {value})")
     try:
-        about = httpx.get(f"{url}/info", timeout=10).json()
-    except (httpx.HTTPError, ValueError) as e:
+        with urllib.request.urlopen(f"{url}/info", timeout=10) as response:
+            about = json.loads(response.read())
+    except (OSError, ValueError) as e:  # URLError, refused, timeout; not JSON
         raise TfkitError(f"no tfkit server answers at {url}/info ({type(e).__name__}); start one with `tfkit serve`") from None
     path, pid = Path(about["file"]["path"]), about["process"]["pid"]
-    texts = texts or export_texts(path.parent)
+    texts = texts or check_texts(path.parent)
     text_input = bool(about["file"]["text_input"])
     local = InProcess(path, text_input, None if text_input else FastTokenizer.from_export(path.parent, about["tokenizer"]),
                       texts, about["batching"]["threads"])

@@ -29,11 +29,15 @@ import numpy as np
 from tfkit import runtimes
 from tfkit.artifacts import file_sha256
 from tfkit.errors import TfkitError
-from tfkit.wordpiece import FastTokenizer
+from tfkit.timing import measure
+from tfkit.wordpiece import CHECK_FILE, FastTokenizer, check_texts
 
 log = logging.getLogger("tfkit.serve")
 ONNX_FORMATS = {"onnx-int8": "model_int8.onnx", "onnx": "model.onnx", "onnx-text": "model_text.onnx"}  # default: first present
 MAX_PADDING = 1.5  # a length-sorted run of texts is split when padding would make it 1.5x its real tokens
+# --threads 0: the start-up trial times batches of this many test texts, sorted by length, with 1 thread and
+# with one per core, twice each; more threads win only if this much faster (they cost CPU per text).
+THREAD_TRIAL = {"texts": 48, "batch": 8, "rounds": 2, "faster": 1.10}
 
 
 @dataclasses.dataclass
@@ -51,7 +55,7 @@ class ServeConfig:
     max_chars: int = 10_000  # characters per text
     max_body_bytes: int = 1_000_000
     max_concurrent: int = 256  # requests admitted at once; more get 429
-    threads: int = 1  # ONNX Runtime intra-op threads (0 = one per core); more cores: more processes
+    threads: int = 0  # ONNX Runtime intra-op threads; 0: 1 or one per core, measured at start-up
     drain_seconds: float = 30.0  # on SIGTERM, how long in-flight requests may take
     allow_tokenizer_mismatch: bool = False
 
@@ -79,6 +83,7 @@ class Model:
     runtime: runtimes.OnnxRuntime
     tokenizer: FastTokenizer | None
     tokenizer_check: dict
+    threads: dict = dataclasses.field(default_factory=dict)  # {"threads", "chosen_by", "texts_per_s"}
 
     @property
     def labels(self) -> list[str]:
@@ -162,9 +167,50 @@ def load(config: ServeConfig) -> Model:
             raise TfkitError(f"tokenizer check failed: {detail} (or pass --allow-tokenizer-mismatch)")
         if check["agreement"] != 1.0:
             log.warning("SERVING WITH AN UNCHECKED OR MISMATCHED TOKENIZER: %s", check)
-    runtime = runtimes.OnnxRuntime(path, text, config.threads, spin=False)
+    runtime = runtimes.OnnxRuntime(path, text, config.threads or 1, spin=False)
     name = Path(manifest["model"].get("source") or directory.name).name or directory.resolve().name
-    return Model(name, key, path, manifest, runtime, tokenizer, check)
+    model = Model(name, key, path, manifest, runtime, tokenizer, check, {"threads": config.threads, "chosen_by": "--threads"})
+    if not config.threads:
+        trial_threads(model, min(config.max_batch, THREAD_TRIAL["batch"]))
+    return model
+
+
+def cores() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0))
+
+
+def choose_threads(texts_per_s: dict[int, float], faster: float = THREAD_TRIAL["faster"]) -> int:
+    """The thread count to serve with: the fastest, if it beats 1 thread by `faster`; else 1 (less CPU per text)."""
+    best = max(texts_per_s, key=texts_per_s.get)
+    return best if texts_per_s[best] >= faster * texts_per_s[1] else 1
+
+
+def trial_threads(model: Model, batch: int) -> None:
+    """Sets `model`'s ORT threads by timing batches of its test texts with 1 thread and one per core.
+
+    Measured on 2 cores (benchmarks/README.md#serving): 2 threads served 1.2x the texts/s of 1 when the
+    machine was otherwise idle, and fewer when other jobs shared the cores, so it is decided here.
+    """
+    n = cores()
+    if n == 1 or not (model.path.parent / CHECK_FILE).exists():
+        model.threads = {"threads": 1, "chosen_by": "one core" if n == 1 else f"default (no {CHECK_FILE} to time)"}
+        return
+    texts = check_texts(model.path.parent)
+    pick = np.random.default_rng(0).choice(len(texts), min(len(texts), THREAD_TRIAL["texts"]), replace=False)
+    tokens = model.tokenize([texts[i] for i in pick])
+    batches = [[tokens[i] for i in run] for run in length_runs([len(t) for t in tokens], batch)]
+    sessions = {1: model.runtime, n: runtimes.OnnxRuntime(model.path, model.tokenizer is None, n, spin=False)}
+    best = {k: 0.0 for k in sessions}
+    for _ in range(THREAD_TRIAL["rounds"]):  # alternating, best of: other load drifts
+        for k, runtime in sessions.items():
+            model.runtime = runtime
+            timing = measure(model.run, batches, warmup=1)
+            best[k] = max(best[k], len(tokens) / (sum(timing.samples_ms) / 1000))
+    chosen = choose_threads(best)
+    model.runtime = sessions[chosen]
+    model.threads = {"threads": chosen, "chosen_by": f"start-up trial ({len(tokens)} test texts in batches of <= {batch}, "
+                     f"best of {THREAD_TRIAL['rounds']})", "texts_per_s": {str(k): round(v, 1) for k, v in best.items()}}
 
 
 def length_runs(lengths: list[int], max_batch: int) -> list[np.ndarray]:
@@ -289,7 +335,8 @@ def info(model: Model, config: ServeConfig) -> dict:
                    "keras_accuracy": manifest.get("verification", {}).get("keras_accuracy")},
         "tokenizer": {**manifest["tokenizer"], "check": model.tokenizer_check},
         "batching": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms, "max_padding": MAX_PADDING,
-                     "threads": config.threads or os.cpu_count()},
+                     "threads": model.threads["threads"], "threads_chosen_by": model.threads["chosen_by"],
+                     "threads_texts_per_s": model.threads.get("texts_per_s")},
         "limits": {"max_inputs": config.max_inputs, "max_chars": config.max_chars, "max_body_bytes": config.max_body_bytes,
                    "max_concurrent": config.max_concurrent},
         "process": {"pid": os.getpid(), "tensorflow_imported": "tensorflow" in sys.modules},
@@ -324,7 +371,8 @@ def serve(config: ServeConfig) -> int:
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     app = create_app(model, config, on_ready=lambda: print(
         f"tfkit: serving {model.name} ({model.key}: {model.path.name}, {model.path.stat().st_size / 1e6:.1f} MB, "
-        f"labels {', '.join(model.labels)}) at {url} - ready in {time.perf_counter() - started:.2f} s; "
+        f"labels {', '.join(model.labels)}, {model.threads['threads']} ORT thread(s): {model.threads['chosen_by']}) at {url} - "
+        f"ready in {time.perf_counter() - started:.2f} s; "
         f"tokenizer check {_check_line(model.tokenizer_check)}", file=sys.stderr, flush=True))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                                            timeout_graceful_shutdown=config.drain_seconds or None))

@@ -99,6 +99,15 @@ class FastTokenizer:
                 "mismatches": bad[:5], "mismatched": len(bad)}
 
 
+def check_texts(directory: str | Path) -> list[str]:
+    """The model's test texts that `tfkit export` recorded in `tokenizer_check.jsonl` (the probes left out)."""
+    path = Path(directory) / CHECK_FILE
+    if not path.exists():
+        raise TfkitError(f"{path} not found: re-export with this tfkit")
+    texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [t for t in texts[: len(texts) - len(PROBE_TEXTS)] if t.strip()] or texts
+
+
 def write_check(encode, texts: list[str], directory: str | Path) -> None:
     """Writes `tokenizer_check.jsonl`: each text with its ids (padding dropped) from `encode`, the training tokenizer.
 

@@ -15,7 +15,8 @@ HELP = {
     "max_chars": "characters per text; longer get 413 (default 10000)",
     "max_body_bytes": "request body cap; larger get 413 (default 1000000)",
     "max_concurrent": "requests admitted at once; more get 429 (default 256)",
-    "threads": "ONNX Runtime intra-op threads (default 1; 0: one per core); to use more cores, run more servers",
+    "threads": "ONNX Runtime intra-op threads (default 0: 1 or one per core, whichever runs the export's test texts "
+               "faster at start-up); with several servers on one host, give each its share",
     "drain_seconds": "on SIGTERM, how long in-flight requests may still take (default 30)",
     "allow_tokenizer_mismatch": "serve even if the server's tokenizer disagrees with the training tokenizer on the "
                                 "export's check texts, or the export has none (/info reports it)",
