@@ -36,7 +36,7 @@ def subset(exported, out, keys, source=None):
 
 @pytest.fixture(scope="module")
 def student_bench(tmp_path_factory, trained_teacher, exported_teacher):
-    """A 'student' (a copy of the tiny teacher, distilled from it on paper) benchmarked at 1 and 2 threads.
+    """A 'student' (a copy of the tiny teacher, distilled from it on paper) benchmarked at 1 thread.
 
     The teacher's files are the fixture's export, reused, so nothing is converted here; one extra
     artifact names a runtime tfkit does not know, as a format added later would.
@@ -54,7 +54,7 @@ def student_bench(tmp_path_factory, trained_teacher, exported_teacher):
     manifest["files"]["model_future.bin"] = manifest["files"]["model_int8.tflite"]
     (export_dir / "manifest.json").write_text(json.dumps(manifest))
     teacher_export, _ = subset(exported_teacher, root / "teacher_export", ("tflite-int8", "onnx"))
-    result = bench(export_dir, root / "out", threads="1,2", lengths=(8, 16, 1000), iterations=20, warmup=2,
+    result = bench(export_dir, root / "out", threads="1", lengths=(8, 16, 1000), iterations=20, warmup=2,
                    teacher_export=teacher_export, teacher_formats=("tflite-int8", "onnx"), throughput_passes=1, progress=False)
     return result, root
 
@@ -62,7 +62,7 @@ def student_bench(tmp_path_factory, trained_teacher, exported_teacher):
 def test_every_row_has_every_field_and_ordered_percentiles(student_bench):
     result, _ = student_bench
     rows = [r for r in result["rows"] if r["format"] != "future-format"]
-    expected = {(net, fmt, t) for t in (1, 2) for net, fmts in (("teacher", ("keras-fp32", "tflite-int8", "onnx")),
+    expected = {(net, fmt, 1) for net, fmts in (("teacher", ("keras-fp32", "tflite-int8", "onnx")),
                                                                   ("student", ("keras-fp32", *FILES))) for fmt in fmts}
     assert {(r["network"], r["format"], r["threads"]) for r in rows} == expected
     for r in rows:
@@ -81,13 +81,13 @@ def test_every_row_has_every_field_and_ordered_percentiles(student_bench):
     teacher_keras = next(r for r in rows if r["network"] == "teacher" and r["format"] == "keras-fp32" and r["threads"] == 1)
     assert teacher_keras["speedup_vs_teacher_keras"] == 1.0
     assert {"cpu", "cores", "flags", "libraries"} <= set(result["machine"]) and "amx_int8" in result["machine"]["flags"]
-    assert set(result["peak"]) == {"1", "2"} and all("onnxruntime_int8" in v for v in result["peak"]["1"].values())
+    assert set(result["peak"]) == {"1"} and all("onnxruntime_int8" in v for v in result["peak"]["1"].values())
 
 
 def test_unknown_runtime_fails_its_row_only(student_bench):
     result, _ = student_bench
     future = [r for r in result["rows"] if r["format"] == "future-format"]
-    assert len(future) == 2 and all(r["error"] and "model_future.bin" in r["error"] for r in future)
+    assert len(future) == 1 and all(r["error"] and "model_future.bin" in r["error"] for r in future)
 
 
 def test_rss_is_measured_in_a_fresh_process_per_row(student_bench):
@@ -97,16 +97,6 @@ def test_rss_is_measured_in_a_fresh_process_per_row(student_bench):
     rss = {(r["network"], r["format"], r["threads"]): r["peak_rss_mb"] for r in rows}
     # ONNX Runtime alone needs a fraction of what a process with TensorFlow and Keras holds
     assert rss[("student", "onnx", 1)] < 0.5 * rss[("student", "keras-fp32", 1)]
-
-
-def test_threads_are_recorded_and_applied(student_bench):
-    result, _ = student_bench
-    by = {(r["network"], r["format"], r["threads"]): r for r in result["rows"] if not r["error"]}
-    for fmt in ("onnx", "keras-fp32"):
-        assert by[("student", fmt, 2)]["threads_applied"]["intra_op"] == 2
-        assert by[("student", fmt, 1)]["threads_applied"]["intra_op"] == 1
-    for fmt in ("onnx", "tflite-int8"):  # a pool of 2 runs one more OS thread than a pool of 1
-        assert by[("student", fmt, 2)]["os_threads"] > by[("student", fmt, 1)]["os_threads"], fmt
 
 
 def test_json_markdown_and_png_are_written(student_bench):
@@ -121,15 +111,21 @@ def test_json_markdown_and_png_are_written(student_bench):
     assert not [p for p in root.iterdir() if p.name.startswith(".out")]
 
 
-def test_cli_benchmarks_a_teacher_export_and_prints_the_table(tmp_path, exported_teacher, capsys):
-    export_dir, _ = subset(exported_teacher, tmp_path / "export", ("onnx-int8",))
-    code = main(["bench", str(export_dir), "--threads", "1", "--lengths", "16", "--iterations", "5",
+def test_cli_benchmarks_a_teacher_export_at_each_thread_count_and_prints_the_table(tmp_path, exported_teacher, capsys):
+    export_dir, _ = subset(exported_teacher, tmp_path / "export", ("onnx", "tflite-int8"))
+    code = main(["bench", str(export_dir), "--threads", "1,2", "--lengths", "16", "--iterations", "5",
                  "--out", str(tmp_path / "bench")])
     assert code == 0
     out = capsys.readouterr().out
-    assert "model_int8.onnx" in out and "model.keras" in out and f"wrote {tmp_path / 'bench'}/bench.json" in out
-    rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
-    assert [(r["network"], r["format"]) for r in rows] == [("teacher", "keras-fp32"), ("teacher", "onnx-int8")]
+    assert "model_int8.tflite" in out and "model.keras" in out and f"wrote {tmp_path / 'bench'}/bench.json" in out
+    result = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    by = {(r["format"], r["threads"]): r for r in result["rows"]}
+    assert sorted(by) == sorted((f, t) for f in ("keras-fp32", "onnx", "tflite-int8") for t in (1, 2))
+    assert all(r["network"] == "teacher" and r["error"] is None for r in by.values()) and set(result["peak"]) == {"1", "2"}
+    for fmt in ("onnx", "keras-fp32"):
+        assert by[(fmt, 2)]["threads_applied"]["intra_op"] == 2 and by[(fmt, 1)]["threads_applied"]["intra_op"] == 1
+    for fmt in ("onnx", "tflite-int8"):  # a pool of 2 runs one more OS thread than a pool of 1
+        assert by[(fmt, 2)]["os_threads"] > by[(fmt, 1)]["os_threads"], fmt
 
 
 @pytest.mark.parametrize("case, message", [

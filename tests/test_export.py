@@ -182,14 +182,92 @@ def test_gate_names_file_metric_threshold_and_value(exported, classifier, tmp_pa
     assert str(e).startswith(f"model_fp32.tflite: max abs probability difference {e.value:.4g} > threshold 0.0001")
 
 
-def test_onnx_int8_keeps_the_feed_forward_output_in_float32(exported):
+def test_onnx_int8_keeps_float32_exactly_the_projections_its_plan_measured(exported, tmp_path, monkeypatch):
     import onnx
 
-    out, _ = exported
-    nodes = onnx.load(out / FORMATS["onnx-int8"].file).graph.node
-    ffn_out = [n.op_type for n in nodes if "feedforward_output" in n.name and "MatMul" in n.op_type]
-    assert ffn_out and set(ffn_out) == {"MatMul"}
-    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in nodes)
+    from tfkit import onnx_graph
+    from tfkit.wordpiece import FastTokenizer, check_texts
+
+    out, manifest = exported
+    plan = manifest["artifacts"]["onnx-int8"]["int8_plan"]
+    assert plan["steps"][-1]["float32"] == plan["float32_projections"] and plan["calibration_texts"] > 0
+    assert plan["steps"][-1]["agreement"] >= plan["target_agreement"] or len(plan["steps"]) == len(plan["input_max_abs"]) + 1
+    widest = sorted(plan["input_max_abs"], key=plan["input_max_abs"].get, reverse=True)
+    assert plan["float32_projections"] == widest[: len(plan["float32_projections"])], "kept float32 widest input first"
+
+    def float32_layers(model):
+        return sorted(onnx_graph._layer(n.name) for n in model.graph.node if n.op_type == "MatMul" and "feedforward_output" in n.name)
+
+    assert float32_layers(onnx.load(out / "model_int8.onnx")) == sorted(plan["float32_projections"])
+    # an unreachable target keeps every projection float32, after trying each step; zero stops at the first
+    fp32 = onnx.load(out / "model.onnx")
+    tokenizer = FastTokenizer.from_export(out, manifest["tokenizer"])
+    calibration = [tokenizer.encode([t]) for t in check_texts(out)[:20]]
+    monkeypatch.setattr(onnx_graph, "INT8_AGREEMENT", 1.01)
+    model, every = onnx_graph.quantize_int8(fp32, tmp_path, calibration)
+    assert len(every["steps"]) == len(widest) + 1 and float32_layers(model) == sorted(widest)
+    monkeypatch.setattr(onnx_graph, "INT8_AGREEMENT", 0.0)
+    model, none = onnx_graph.quantize_int8(fp32, tmp_path, calibration)
+    assert none["float32_projections"] == [] and float32_layers(model) == []
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in model.graph.node)
+
+
+def _tf2onnx_layer_norm_and_gelu():
+    """A graph in tf2onnx's spelling: Keras LayerNormalization as moments, rsqrt, scale and shift; TF's exact GELU with Erfc."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    const = {"gamma": rng.normal(size=8), "beta": rng.normal(size=8), "eps": 1e-12, "half": 0.5, "inv_sqrt2": 2 ** -0.5}
+    n = helper.make_node
+    nodes = [n("GlobalAveragePool", ["x"], ["mean"]), n("Neg", ["mean"], ["neg"]), n("Sub", ["x", "mean"], ["d"]),
+             n("Mul", ["d", "d"], ["sq"]), n("GlobalAveragePool", ["sq"], ["var"]), n("Add", ["var", "eps"], ["ve"]),
+             n("Sqrt", ["ve"], ["root"]), n("Reciprocal", ["root"], ["inv"]), n("Mul", ["inv", "gamma"], ["scale"]),
+             n("Mul", ["x", "scale"], ["a"]), n("Mul", ["neg", "scale"], ["b"]), n("Add", ["b", "beta"], ["shift"]),
+             n("Add", ["a", "shift"], ["normed"]),
+             n("Mul", ["half", "normed"], ["g_half"]), n("Neg", ["normed"], ["g_neg"]), n("Mul", ["g_neg", "inv_sqrt2"], ["g_arg"]),
+             n("Erfc", ["g_arg"], ["g_erfc"]), n("Mul", ["g_half", "g_erfc"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, 8])],
+                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in const.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_onnx_graph_fuses_layer_norms_and_rewrites_gelu_for_onnx_runtime(tmp_path):
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+    from scipy.special import erf
+
+    from tfkit import onnx_graph
+
+    model = onnx_graph.erfc_as_erf(_tf2onnx_layer_norm_and_gelu())
+    assert onnx_graph.fuse_layer_norms(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    assert ops == {"LayerNormalization": 1, "Mul": 2, "Div": 1, "Erf": 1, "Add": 1}, ops
+    assert {i.name for i in model.graph.initializer} >= {"half"} and "inv_sqrt2" not in {i.name for i in model.graph.initializer}
+    x = np.random.default_rng(1).normal(size=[2, 5, 8]).astype(np.float32) * 3
+    gamma, beta = (numpy_helper_array(_tf2onnx_layer_norm_and_gelu(), k) for k in ("gamma", "beta"))
+    normed = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-12) * gamma + beta
+    expected = 0.5 * normed * (1 + erf(normed / np.sqrt(2)))
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    got = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    fused = collections.Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
+    assert fused["Gelu"] == 1 and fused["Erf"] == 0, "ONNX Runtime's session optimizer fuses the rewritten GELU"
+    # a LayerNorm whose intermediate is used elsewhere is not the pattern: left alone
+    other = _tf2onnx_layer_norm_and_gelu()
+    other.graph.output.append(onnx.helper.make_tensor_value_info("var", onnx.TensorProto.FLOAT, None))
+    assert onnx_graph.fuse_layer_norms(other) == 0 and len(other.graph.node) == 18
+
+
+def numpy_helper_array(model, name):
+    from onnx import numpy_helper
+
+    return next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == name)
 
 
 def test_default_formats_leave_out_full_integer_int8():

@@ -39,6 +39,7 @@ log = logging.getLogger("tfkit")
 
 OPSET = 17
 CALIBRATION_TEXTS = 200
+INT8_PLAN_TEXTS = 600  # validation texts an ONNX int8 plan is measured on
 TOOLS = ("tensorflow", "keras", "keras-hub", "tensorflow-text", "ai-edge-litert", "tf2onnx", "onnx",
          "onnxruntime", "onnxruntime-extensions", "mediapipe")
 
@@ -82,6 +83,8 @@ def export(model_dir: str | Path, out: str | Path | None = None, formats: str | 
             try:
                 builder.write(key, path)
                 artifacts[key] = {"file": fmt.file, **_describe(fmt), **verify(path, fmt.runtime, fmt.text, fmt.gate, reference)}
+                if key in builder.notes:
+                    artifacts[key]["int8_plan"] = builder.notes[key]
             except (VerificationError, BuildError) as e:
                 path.unlink(missing_ok=True)
                 failed[key] = str(e)
@@ -123,6 +126,7 @@ class Builder:
 
     def __init__(self, classifier: Classifier, scratch: Path, calibration_texts: list[str]):
         self.classifier, self.scratch, self.calibration_texts = classifier, scratch, calibration_texts
+        self.notes: dict[str, dict] = {}  # what a format's build decided (the ONNX int8 plan), for the manifest
 
     def write(self, key: str, path: Path) -> None:
         fmt = FORMATS[key]
@@ -134,7 +138,7 @@ class Builder:
             else:
                 import onnx
 
-                model = self.onnx(fmt)
+                model = self.onnx(key, fmt)
                 model.metadata_props.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in self.metadata(key).items())
                 onnx.save(model, path)
         except TfkitError as e:
@@ -197,12 +201,12 @@ class Builder:
     def text_saved_model(self) -> Path:
         return self._archive("saved_model_text", text=True)
 
-    def _calibration(self):
-        """Representative inputs for full-integer quantization: validation texts (carried by the model
+    def _calibration(self, count: int = CALIBRATION_TEXTS):
+        """Representative inputs for quantization: `count` validation texts (carried by the model
         directory, unlike the training data), one per batch, natural length."""
         texts = self.calibration_texts
         rng = np.random.default_rng(0)
-        for i in rng.choice(len(texts), min(CALIBRATION_TEXTS, len(texts)), replace=False):
+        for i in rng.choice(len(texts), min(count, len(texts)), replace=False):
             yield {k: v.numpy() for k, v in self.classifier.tokenizer.encode(tf.constant([texts[i]])).items()}
 
     def tflite(self, fmt: Format) -> bytes:
@@ -247,15 +251,18 @@ class Builder:
         if done.returncode != 0:
             raise TfkitError(f"tf2onnx failed: {done.stderr.strip().splitlines()[-1][:300] if done.stderr.strip() else done.returncode}")
         model = onnx_graph.erfc_as_erf(onnx.load(path))
+        onnx_graph.fold_constants(model)
+        onnx_graph.fuse_layer_norms(model)
         onnx_graph.name_dimensions(model)
         onnx.checker.check_model(model, full_check=True)  # tf2onnx writes the file even when an op did not convert
         return model
 
-    def onnx(self, fmt: Format):
+    def onnx(self, key: str, fmt: Format):
+        """The ONNX model of `fmt`; an int8 file's quantization plan goes to `notes[key]`."""
         import onnx
 
         if fmt.quantize == "dynamic-int8":
-            model = onnx_graph.quantize_int8(self.onnx_fp32, self.scratch)
+            model, self.notes[key] = onnx_graph.quantize_int8(self.onnx_fp32, self.scratch, list(self._calibration(INT8_PLAN_TEXTS)))
         else:
             model = onnx.ModelProto()
             model.CopyFrom(self.onnx_fp32)
