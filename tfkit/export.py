@@ -39,7 +39,6 @@ log = logging.getLogger("tfkit")
 
 OPSET = 17
 CALIBRATION_TEXTS = 200
-INT8_PLAN_TEXTS = 600  # validation texts an ONNX int8 plan is measured on
 TOOLS = ("tensorflow", "keras", "keras-hub", "tensorflow-text", "ai-edge-litert", "tf2onnx", "onnx",
          "onnxruntime", "onnxruntime-extensions", "mediapipe")
 
@@ -83,8 +82,6 @@ def export(model_dir: str | Path, out: str | Path | None = None, formats: str | 
             try:
                 builder.write(key, path)
                 artifacts[key] = {"file": fmt.file, **_describe(fmt), **verify(path, fmt.runtime, fmt.text, fmt.gate, reference)}
-                if key in builder.notes:
-                    artifacts[key]["int8_plan"] = builder.notes[key]
             except (VerificationError, BuildError) as e:
                 path.unlink(missing_ok=True)
                 failed[key] = str(e)
@@ -126,7 +123,6 @@ class Builder:
 
     def __init__(self, classifier: Classifier, scratch: Path, calibration_texts: list[str]):
         self.classifier, self.scratch, self.calibration_texts = classifier, scratch, calibration_texts
-        self.notes: dict[str, dict] = {}  # what a format's build decided (the ONNX int8 plan), for the manifest
 
     def write(self, key: str, path: Path) -> None:
         fmt = FORMATS[key]
@@ -138,7 +134,7 @@ class Builder:
             else:
                 import onnx
 
-                model = self.onnx(key, fmt)
+                model = self.onnx(fmt)
                 model.metadata_props.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in self.metadata(key).items())
                 onnx.save(model, path)
         except TfkitError as e:
@@ -201,12 +197,12 @@ class Builder:
     def text_saved_model(self) -> Path:
         return self._archive("saved_model_text", text=True)
 
-    def _calibration(self, count: int = CALIBRATION_TEXTS):
-        """Representative inputs for quantization: `count` validation texts (carried by the model
+    def _calibration(self):
+        """Representative inputs for full-integer quantization: validation texts (carried by the model
         directory, unlike the training data), one per batch, natural length."""
         texts = self.calibration_texts
         rng = np.random.default_rng(0)
-        for i in rng.choice(len(texts), min(count, len(texts)), replace=False):
+        for i in rng.choice(len(texts), min(CALIBRATION_TEXTS, len(texts)), replace=False):
             yield {k: v.numpy() for k, v in self.classifier.tokenizer.encode(tf.constant([texts[i]])).items()}
 
     def tflite(self, fmt: Format) -> bytes:
@@ -257,12 +253,11 @@ class Builder:
         onnx.checker.check_model(model, full_check=True)  # tf2onnx writes the file even when an op did not convert
         return model
 
-    def onnx(self, key: str, fmt: Format):
-        """The ONNX model of `fmt`; an int8 file's quantization plan goes to `notes[key]`."""
+    def onnx(self, fmt: Format):
         import onnx
 
         if fmt.quantize == "dynamic-int8":
-            model, self.notes[key] = onnx_graph.quantize_int8(self.onnx_fp32, self.scratch, list(self._calibration(INT8_PLAN_TEXTS)))
+            model = onnx_graph.quantize_int8(self.onnx_fp32, self.scratch)
         else:
             model = onnx.ModelProto()
             model.CopyFrom(self.onnx_fp32)

@@ -23,6 +23,7 @@ NOISE = re.compile(
     r"|[IW]\d{4} \d\d:\d\d:[\d.]+\s+\d+ [\w.]+:\d+\] "
     r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.$"
     r"|E\d{4} \d\d:\d\d:[\d.]+\s+\d+ (cuda_\w+|cuda_platform)\.cc:\d+\] .*(cuInit|CUDA)"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"  # LiteRT, once per process, on its first interpreter
 )
 
 

@@ -61,16 +61,20 @@ class LiteRT(Runtime):
     def __init__(self, path: str | Path, text: bool = False, threads: int = 1, signature: str = SIGNATURE):
         from ai_edge_litert import interpreter as litert
 
-        try:
-            if text:
-                import tensorflow_text
+        from tfkit.quiet import filtered_native_stderr
 
-                self.interpreter = litert.InterpreterWithCustomOps(
-                    model_path=str(path), num_threads=threads,
-                    custom_op_registerers=tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS)
-            else:
-                self.interpreter = litert.Interpreter(model_path=str(path), num_threads=threads)
-            self.runner = self.interpreter.get_signature_runner(signature)
+        try:
+            with filtered_native_stderr():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate for CPU." line
+                if text:
+                    import tensorflow_text
+
+                    self.interpreter = litert.InterpreterWithCustomOps(
+                        model_path=str(path), num_threads=threads,
+                        custom_op_registerers=tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS)
+                else:
+                    self.interpreter = litert.Interpreter(model_path=str(path), num_threads=threads)
+                self.interpreter.allocate_tensors()  # applies the delegate, which says so, here rather than on the first call
+                self.runner = self.interpreter.get_signature_runner(signature)
         except (ValueError, RuntimeError) as e:
             raise TfkitError(f"{Path(path).name}: LiteRT cannot load it: {str(e).splitlines()[0]}") from None
         dtype = lambda t: "string" if t in (np.bytes_, np.object_) else np.dtype(t).name
