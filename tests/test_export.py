@@ -189,11 +189,11 @@ def test_onnx_int8_keeps_the_outlier_prone_projections_in_float32(exported):
 
     out, _ = exported
     fp32, int8 = onnx.load(out / "model.onnx"), onnx.load(out / "model_int8.onnx")
-    risky = sorted(label for _, label in onnx_graph._risky_projections(onnx_graph.gemm_as_matmul(fp32)).values())
+    risky = sorted(label for _, label in onnx_graph.risky_projections(onnx_graph.gemm_as_matmul(fp32)).values())
     assert risky == sorted([f"transformer_layer_{i} {kind}" for i in range(2) for kind in ("attention_output", "feedforward_output")]
                            + ["transformer_layer_0 feedforward_intermediate"])
     # in the int8 file they are still plain float32 MatMuls; the other weight matmuls are int8
-    assert sorted(label for _, label in onnx_graph._risky_projections(int8).values()) == risky
+    assert sorted(label for _, label in onnx_graph.risky_projections(int8).values()) == risky
     assert sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in int8.graph.node) >= 2 * 3 + 1  # Q, K, V; FFN in of layer 1
 
 

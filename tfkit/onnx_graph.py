@@ -247,7 +247,7 @@ def quantize_int8(model: onnx.ModelProto, scratch: Path) -> onnx.ModelProto:
     BERT int8's weak spots are the projections whose inputs carry outliers: the feed-forward
     output (after GELU) and the attention output (the heads' context), which per-tensor uint8
     activations crush; both stay float32, and so does the first layer's feed-forward input
-    (`_risky_projections`). The activation scale is per tensor, so a batch of texts shares one:
+    (`risky_projections`). The activation scale is per tensor, so a batch of texts shares one:
     agreement is lower in batches than one text at a time. Measured on a default student (`tfkit
     run` of 2026-12-02), label agreement with float32 on the test texts, one text / batches of 32:
     everything int8 98.4% / 98.6%; the two kinds float32 99.2% / 98.9% (fails the gate); with the
@@ -266,13 +266,13 @@ def quantize_int8(model: onnx.ModelProto, scratch: Path) -> onnx.ModelProto:
     logging.disable(logging.WARNING)  # its advice to pre-process first: the graph is quantized as tf2onnx wrote it
     try:
         quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-                         nodes_to_exclude=list(_risky_projections(model)))
+                         nodes_to_exclude=list(risky_projections(model)))
     finally:
         logging.disable(silenced)
     return onnx.load(target)
 
 
-def _risky_projections(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
+def risky_projections(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     """The MatMuls int8 would hurt: name -> (input, e.g. `transformer_layer_0 feedforward_output`).
 
     Every layer's feed-forward and attention outputs, and the first layer's feed-forward input.
