@@ -199,6 +199,8 @@ def fuse_layer_norms(model: onnx.ModelProto) -> int:
         return rest[0]
 
     replaced, drop, fused = {}, set(), 0
+    # On the backbone's [batch, length, hidden] states GlobalAveragePool averages the last axis only,
+    # which is what LayerNormalization(axis=-1) normalizes.
     for mean in [n for n in graph.node if n.op_type == "GlobalAveragePool"]:
         try:
             x, m = mean.input[0], mean.output[0]
