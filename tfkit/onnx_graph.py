@@ -28,7 +28,7 @@ def erfc_as_erf(model: onnx.ModelProto) -> onnx.ModelProto:
     fuses into one Gelu kernel (it matches Div by sqrt 2, Erf, Add 1, then the Mul by 0.5 x).
     """
     producer = {o: n for n in model.graph.node for o in n.output}
-    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    consts = {i.name: i for i in model.graph.initializer}  # converted only where a scalar is checked
     nodes, one, sqrt2 = [], "tfkit_erfc_one", "tfkit_sqrt2"
 
     def gelu_input(node) -> str | None:
@@ -38,7 +38,8 @@ def erfc_as_erf(model: onnx.ModelProto) -> onnx.ModelProto:
             return None
         for a, b in (scaled.input, reversed(scaled.input)):
             neg = producer.get(a)
-            if neg is not None and neg.op_type == "Neg" and b in consts and consts[b].size == 1 and np.isclose(float(consts[b]), 2 ** -0.5):
+            if neg is not None and neg.op_type == "Neg" and b in consts and np.prod(consts[b].dims) == 1 \
+                    and np.isclose(float(numpy_helper.to_array(consts[b]).reshape(-1)[0]), 2 ** -0.5):
                 return neg.input[0]
         return None
 
