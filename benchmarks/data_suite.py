@@ -85,7 +85,8 @@ def row(name: str, extra: list[str], m: dict, work: Path) -> dict:
     base = m["tfidf_baseline"]["test"]
     return {"data": name, "flags": " ".join(extra) or "defaults", "train_texts": m["split_sizes"]["train"],
             "classes": len(config["labels"]), "epochs_run": m["epochs_run"], "epochs_planned": config["training"]["epochs"],
-            "max_length": config["tokenizer"]["max_length"], "class_weight": config["training"]["class_weight"],
+            "max_length": config["tokenizer"]["max_length"], "truncation": config["tokenizer"].get("truncation", "head"),
+            "class_weight": config["training"]["class_weight"],
             "teacher_accuracy": m["test"]["accuracy"], "teacher_macro_f1": m["test"]["macro_f1"],
             "baseline_accuracy": base["accuracy"], "baseline_macro_f1": base["macro_f1"],
             "never_predicted": m["test"].get("never_predicted", []), "train_seconds": m["train_seconds"],
@@ -97,7 +98,7 @@ def markdown(rows: list[dict]) -> str:
              "| TF-IDF acc / macro-F1 | beats it | never predicted | train s |", "|" + "---|" * 12]
     for r in rows:
         lines.append(f"| {r['data']} | {r['flags']} | {r['train_texts']} | {r['classes']} | {r['epochs_run']} / {r['epochs_planned']} "
-                     f"| {r['max_length']} | {r['class_weight']} | {r['teacher_accuracy']:.4f} / {r['teacher_macro_f1']:.4f} "
+                     f"| {r['max_length']}{' head+tail' if r.get('truncation') == 'head+tail' else ''} | {r['class_weight']} | {r['teacher_accuracy']:.4f} / {r['teacher_macro_f1']:.4f} "
                      f"| {r['baseline_accuracy']:.4f} / {r['baseline_macro_f1']:.4f} | {'yes' if r['beats_baseline'] else 'NO'} "
                      f"| {', '.join(r['never_predicted']) or '-'} | {r['train_seconds']:.0f} |")
     return "\n".join(lines) + "\n"

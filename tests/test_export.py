@@ -331,3 +331,54 @@ def test_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, monkeypatch, caps
 
 def _test_examples(classifier):
     return classifier.heldout()[1]
+
+
+@pytest.fixture(scope="module")
+def head_tail(model_dir, tmp_path_factory):
+    """(export dir, classifier) of the tiny teacher as if trained with head+tail truncation, string-in formats only."""
+    import shutil
+
+    from tfkit.export import export
+
+    root = tmp_path_factory.mktemp("head-tail")
+    shutil.copytree(model_dir, root / "teacher")
+    config = json.loads((root / "teacher" / "config.json").read_text())
+    (root / "teacher" / "config.json").write_text(json.dumps({**config, "tokenizer": {**config["tokenizer"], "truncation": "head+tail"}}))
+    export(root / "teacher", root / "export", "tflite-text,onnx-text,tflite-fp32", progress=False)
+    return root / "export", Classifier.load(root / "teacher")
+
+
+def test_head_tail_models_keep_a_long_texts_end_in_every_tokenizer(head_tail):
+    """The training tokenizer, both string-in files and the server's tokenizer keep the same start and end."""
+    import tensorflow as tf
+
+    from tfkit.preprocess import WordPieceTokenizer
+    from tfkit.wordpiece import FastTokenizer
+
+    out, classifier = head_tail
+    tokenizer, manifest = classifier.tokenizer, json.loads((out / "manifest.json").read_text())
+    assert manifest["tokenizer"]["truncation"] == "head+tail" and manifest["tokenizer"]["head"] == tokenizer.head
+    long_texts = ["good " * 30 + "awful " * 30, "awful " * 30 + "good " * 30, "good film " * 3] + HARD_TEXTS
+    ids = tokenizer.encode(tf.constant(long_texts))["token_ids"].numpy()
+    head_only = WordPieceTokenizer(tokenizer.vocab, True, tokenizer.max_length).encode(tf.constant(long_texts))["token_ids"].numpy()
+    assert not np.array_equal(ids[:2], head_only[:2]) and np.array_equal(ids[2], head_only[2])  # only long texts differ
+    np.testing.assert_array_equal(FastTokenizer.from_export(out, manifest["tokenizer"]).encode(long_texts)["token_ids"], ids)
+    np.testing.assert_array_equal(OnnxRuntime(out / "model_text.onnx", text=True).token_ids(long_texts), ids)
+    keras = classifier.predict_proba(long_texts)
+    for file, runtime in (("model_text.tflite", LiteRT), ("model_text.onnx", OnnxRuntime)):
+        assert np.abs(runtime(out / file, text=True).predict(long_texts) - keras).max() <= 1e-4, file
+
+
+def test_mediapipe_is_left_out_for_a_head_tail_model_and_refused_when_named(caplog):
+    from tfkit.errors import TfkitError
+    from tfkit.formats import for_model
+
+    keys = ["tflite-int8", "tflite-mediapipe"]
+    assert for_model(keys, None, True, "head") == keys
+    with caplog.at_level("INFO", logger="tfkit"):
+        assert for_model(keys, None, True, "head+tail") == ["tflite-int8"]
+    assert "leaving out tflite-mediapipe: MediaPipe's BertTokenizer keeps only the start" in caplog.text
+    with pytest.raises(TfkitError, match="tflite-mediapipe: .* trained on head\\+tail truncation"):
+        for_model(keys, "tflite-mediapipe", True, "head+tail")
+    with pytest.raises(TfkitError, match="always lower-cases"):
+        for_model(keys, ["tflite-int8", "tflite-mediapipe"], False, "head")

@@ -63,3 +63,34 @@ def test_bad_vocab(tmp_path):
     (tmp_path / "v.txt").write_text("[PAD]\n[UNK]\nhello\n")
     with pytest.raises(TfkitError, match="lacks \\[CLS\\], \\[SEP\\]"):
         read_vocab(tmp_path / "v.txt")
+
+
+@pytest.mark.parametrize("max_length", [6, 11, 16])
+def test_head_tail_keeps_a_quarter_from_the_start_and_the_rest_from_the_end(max_length):
+    from tfkit.wordpiece import FastTokenizer, cut, kept_head
+
+    texts = ["good bad " * 10 + "awful", "good film", "", "zzz " * 9]
+    tok = WordPieceTokenizer(VOCAB, max_length=max_length, truncation="head+tail")
+    full = WordPieceTokenizer(VOCAB, max_length=512).encode(tf.constant(texts))
+    untruncated = [row[mask == 1].tolist() for row, mask in zip(full["token_ids"].numpy(), full["padding_mask"].numpy())]
+    x = tok.encode(tf.constant(texts))
+    got = [row[mask == 1].tolist() for row, mask in zip(x["token_ids"].numpy(), x["padding_mask"].numpy())]
+    head = kept_head("head+tail", max_length)
+    assert head == (max_length - 2) // 4
+    assert got == [cut(ids, max_length, head) for ids in untruncated]
+    body = max_length - 2
+    assert got[0] == untruncated[0][: 1 + head] + untruncated[0][-(body - head) - 1:] and len(got[0]) == max_length
+    assert got[1] == untruncated[1]  # short texts are not touched
+    assert FastTokenizer(VOCAB, True, max_length, "head+tail").ids(texts) == got
+
+
+def test_truncation_auto_keeps_the_end_only_when_many_texts_are_cut():
+    from tfkit.preprocess import choose_truncation
+
+    assert choose_truncation("auto", 0.0)[0] == "head"
+    assert choose_truncation("auto", 0.01)[0] == "head"  # the auto max length covers 99% of texts
+    truncation, why = choose_truncation("auto", 0.93)
+    assert truncation == "head+tail" and why == "93.0% of training texts are longer than max_length"
+    assert choose_truncation("head", 0.93) == ("head", "as given")
+    with pytest.raises(TfkitError, match="unknown truncation 'middle'"):
+        WordPieceTokenizer(VOCAB, truncation="middle")

@@ -56,6 +56,31 @@ def test_an_unsafe_or_nan_candidate_is_never_picked():
     assert choice(probe.pick(broken)) == ("float32", "off") and probe.pick(broken)["none_safe"]
 
 
+@pytest.mark.parametrize("free, xla_tried", [(21.0, False), (100.0, True)])
+def test_xla_is_not_tried_where_its_step_would_not_fit_in_memory(cache, monkeypatch, free, xla_tried):
+    """The default teacher at 512 tokens: XLA asked for 10.6 GiB with 21 GiB free and the process died."""
+    class Model:  # a compiled Keras model as the probe sees it
+        def train_on_batch(self, x, y, return_dict=True):
+            return {"loss": 0.6}
+
+    monkeypatch.setattr(probe, "free_gib", lambda: free)
+    teacher = {"num_layers": 6, "num_heads": 12, "hidden_dim": 384, "intermediate_dim": 1536}
+    assert 9.5 < probe.xla_step_gib(teacher, 32, 512) < 11 and probe.xla_step_gib({}, 32, 512) is None
+    batches = [({"token_ids": np.zeros([32, 512], np.int32)}, np.zeros([32]))] * 40
+    made = []
+    record = probe.decide(TrainConfig(precision="float32"), "teacher", teacher, 512,
+                          make_model=lambda c: made.append(c) or Model(), probe_data=lambda: batches, train_steps=10_000)
+    assert [c.jit for c in made] == (["off", "on"] if xla_tried else ["off"])
+    assert choice(record) == ("float32", "off" if not xla_tried else choice(record)[1])
+    xla = record["candidates"][1]
+    if xla_tried:
+        assert xla["examples_per_second"] > 0 and not xla.get("skipped")
+    else:
+        assert xla["skipped"].startswith("not tried: an XLA step of 512 tokens needs about 10.1 GiB, 21.0 GiB free")
+        assert xla["unsafe"] == xla["skipped"] and "float32/XLA on not tried" in probe.describe(record)
+    json.dumps(record, allow_nan=False)  # config.json takes it as it is
+
+
 def test_xla_compiles_count_against_a_short_run():
     figures = [figure("float32", "off", 40, compile_seconds=5), figure("float32", "on", 50, compile_seconds=30)]
     assert choice(probe.pick(figures)) == ("float32", "on")  # per step, XLA is faster

@@ -227,3 +227,15 @@ def test_a_class_never_predicted_on_validation_is_warned_about(trained_teacher, 
     result = evaluate(classifier, load_splits(d["source"], seed=d["split_seed"]))
     assert result["val"]["never_predicted"] == ["pos"]
     assert "the model never predicts pos on validation" in caplog.text
+
+
+def test_truncation_is_chosen_from_the_share_of_cut_texts_and_recorded(tmp_path, sentiment_csv, tiny_checkpoint, caplog):
+    """`auto`: 2-7 words at max length 8 cuts ~1 text in 6, so the model keeps their ends too; the choice is saved."""
+    with caplog.at_level("INFO", logger="tfkit"):
+        train(tiny_config(sentiment_csv, tiny_checkpoint, epochs=1, max_length=8), tmp_path / "cut")
+    config = json.loads((tmp_path / "cut" / "config.json").read_text())
+    assert config["tokenizer"]["truncation"] == config["training"]["truncation"] == "head+tail"
+    assert "truncation head+tail (" in caplog.text and "keeps its first 1 word pieces and its last 5" in caplog.text
+    assert Classifier.load(tmp_path / "cut").tokenizer.head == 1
+    train(tiny_config(sentiment_csv, tiny_checkpoint, epochs=1, max_length=8, truncation="head"), tmp_path / "head")
+    assert json.loads((tmp_path / "head" / "config.json").read_text())["tokenizer"]["truncation"] == "head"

@@ -43,7 +43,12 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="tfkit: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tfkit: %(message)s"))
+    # tfkit's own lines; a library's only from warnings up (Keras imports matplotlib, which announces
+    # its font cache at INFO on a user's first run)
+    handler.addFilter(lambda record: record.name.partition(".")[0] == "tfkit" or record.levelno >= logging.WARNING)
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         if getattr(args, "check", None):

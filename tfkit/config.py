@@ -15,6 +15,7 @@ import math
 from tfkit import assets
 from tfkit.cluster import STRATEGIES
 from tfkit.errors import TfkitError
+from tfkit.wordpiece import TRUNCATIONS
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 JITS = ("auto", "on", "off")  # XLA `jit_compile` of the train step; auto = decided by `tfkit.probe`
@@ -101,6 +102,7 @@ class TrainConfig:
     epochs: int | None = None  # None = from the data's size (`tfkit.train.training_length`)
     batch_size: int = 32
     max_length: int | None = None  # None = chosen from the training texts' token lengths
+    truncation: str = "auto"  # auto | head | head+tail (`tfkit.preprocess.choose_truncation`)
     learning_rate: float | None = None  # None = 5e-5 fine-tuning, 1e-3 with a frozen backbone
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
@@ -113,7 +115,6 @@ class TrainConfig:
     devices: int = 1
     strategy: str = "auto"  # auto | single | mirrored | multiworker (`tfkit.cluster.resolve_strategy`)
     checkpoint_every: int | None = None  # optimizer steps between training checkpoints; None = each epoch
-    precision: str = "auto"
     precision: str = "auto"  # auto | float32 | mixed_bfloat16; auto = measured (`tfkit.probe`)
     bucket: bool = True
     jit: str = "auto"  # auto | on | off
@@ -124,6 +125,8 @@ class TrainConfig:
         check_common(self)
         if self.max_length is not None and self.max_length < 8:
             raise TfkitError(f"--max-length must be at least 8 (got {self.max_length})")
+        if self.truncation not in ("auto", *TRUNCATIONS):
+            raise TfkitError(f"unknown --truncation '{self.truncation}' (choose from auto, {', '.join(TRUNCATIONS)})")
         if self.class_weight not in CLASS_WEIGHTS:
             raise TfkitError(f"unknown --class-weight '{self.class_weight}' (choose from {', '.join(CLASS_WEIGHTS)})")
         if self.text_column == self.label_column:

@@ -30,7 +30,7 @@ from tfkit import mediapipe_export, onnx_graph
 from tfkit.artifacts import atomic_dir, check_output, file_sha256, package_versions, write_json
 from tfkit.classifier import Classifier
 from tfkit.errors import TfkitError
-from tfkit.formats import FORMATS, Format, default_out, parse_formats
+from tfkit.formats import FORMATS, Format, default_out, for_model, parse_formats
 from tfkit.runtimes import RUNTIME_ERRORS, SIGNATURE
 from tfkit.verify import THRESHOLDS, Reference, VerificationError, verify
 from tfkit.wordpiece import write_check
@@ -71,6 +71,7 @@ def export(model_dir: str | Path, out: str | Path | None = None, formats: str | 
     out = Path(out) if out else default_out(model_dir)
     check_output(out, "export", inputs=(model_dir,))
     loaded = Classifier.load(model_dir)
+    keys = for_model(keys, formats, loaded.tokenizer.lowercase, loaded.tokenizer.truncation)
     classifier = Classifier(float32_model(loaded.model), loaded.tokenizer, loaded.config, loaded.path)
     artifacts, failed = {}, {}
     val, test = classifier.heldout()
@@ -147,9 +148,7 @@ class Builder:
         fmt, tokenizer = FORMATS[key], self.classifier.tokenizer
         info = {"format": key, "labels": self.classifier.labels, "output": "probabilities",
                 "inputs": list(mediapipe_export.INPUTS) if fmt.runtime == "mediapipe" else ["texts"] if fmt.text else ["token_ids", "padding_mask"],
-                "tokenizer": {"lowercase": tokenizer.lowercase, "max_length": tokenizer.max_length,
-                              "vocab_size": len(tokenizer.vocab), "pad_id": tokenizer.pad_id,
-                              "cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id},
+                "tokenizer": tokenizer_info(tokenizer),
                 "tfkit_version": self.classifier.config.tfkit_version}
         return {"labels": "\n".join(self.classifier.labels), "tfkit": json.dumps(info, ensure_ascii=False)}
 
@@ -230,8 +229,8 @@ class Builder:
         """The .tflite MediaPipe's TextClassifier runs as it is: tfkit's `entries`, TFLite Model Metadata, vocab and labels."""
         tokenizer, labels = self.classifier.tokenizer, self.classifier.labels
         flatbuffer = self.tflite(fmt)
-        metadata = mediapipe_export.model_metadata(flatbuffer, labels, tokenizer.lowercase,
-                                                   f"tfkit {self.classifier.config.kind}: {', '.join(labels)}")
+        description = f"tfkit {self.classifier.config.kind}: {', '.join(labels)}"
+        metadata = mediapipe_export.model_metadata(flatbuffer, labels, tokenizer.lowercase, description, tokenizer.truncation)
         flatbuffer = with_tflite_metadata(flatbuffer, {**entries, mediapipe_export.METADATA_NAME: metadata})
         return mediapipe_export.pack_files(flatbuffer, mediapipe_export.associated_files(tokenizer.vocab, labels))
 
@@ -298,6 +297,12 @@ def _describe(fmt: Format) -> dict:
             "text_input": fmt.text, "description": fmt.description}
 
 
+def tokenizer_info(tokenizer) -> dict:
+    """What an app needs to feed an id-level file: the tokenizer's settings (`head`: pieces a cut text keeps from its start) and ids."""
+    return {**dataclasses.asdict(tokenizer.config()), "head": tokenizer.head, "vocab_size": len(tokenizer.vocab),
+            "pad_id": tokenizer.pad_id, "cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id}
+
+
 def _manifest(classifier: Classifier, model_dir: Path, reference: Reference, artifacts: dict, failed: dict, out: Path) -> dict:
     tokenizer = classifier.tokenizer
     versions = package_versions(TOOLS)
@@ -305,8 +310,7 @@ def _manifest(classifier: Classifier, model_dir: Path, reference: Reference, art
         "model": {"source": str(model_dir), "kind": classifier.config.kind, "labels": classifier.labels,
                   "max_length": tokenizer.max_length, "trained_precision": classifier.config.precision,
                   "exported_precision": "float32"},
-        "tokenizer": {**dataclasses.asdict(tokenizer.config()), "vocab_size": len(tokenizer.vocab),
-                      "pad_id": tokenizer.pad_id, "cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id},
+        "tokenizer": tokenizer_info(tokenizer),
         "verification": {"reference": "the float32 Keras model", "split": "test", "texts": len(reference.texts),
                          "keras_accuracy": reference.metrics["accuracy"], "keras_macro_f1": reference.metrics["macro_f1"],
                          "runtime_threads": 1, "thresholds": {k: dataclasses.asdict(v) for k, v in THRESHOLDS.items()}},

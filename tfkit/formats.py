@@ -83,6 +83,17 @@ def parse_formats(formats: str | list[str] | None, log_left_out: bool = False) -
     return [key for key in FORMATS if key in names]
 
 
+def for_model(keys: list[str], formats: str | list[str] | None, lowercase: bool, truncation: str) -> list[str]:
+    """`keys` without tflite-mediapipe when MediaPipe's tokenizer cannot feed this model; named in `formats`, an error."""
+    problem = mediapipe_export.tokenizer_problem(lowercase, truncation) if mediapipe_export.FORMAT in keys else None
+    if problem is None:
+        return keys
+    if formats is not None and formats not in ("all", ["all"]):
+        raise TfkitError(f"{mediapipe_export.FORMAT}: {problem}")
+    log.info("leaving out %s: %s", mediapipe_export.FORMAT, problem)
+    return [k for k in keys if k != mediapipe_export.FORMAT]
+
+
 def default_out(model_dir: str | Path) -> Path:
     """Where `tfkit export MODEL_DIR` writes without --out: export/<model dir name>."""
     return Path("export") / Path(model_dir).resolve().name

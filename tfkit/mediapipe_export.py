@@ -71,7 +71,17 @@ def input_names(flatbuffer: bytes) -> list[str]:
     return [graph.Tensors(graph.Inputs(i)).Name().decode() for i in range(graph.InputsLength())]
 
 
-def model_metadata(flatbuffer: bytes, labels: list[str], lowercase: bool, description: str) -> bytes:
+def tokenizer_problem(lowercase: bool, truncation: str) -> str | None:
+    """Why MediaPipe's BertTokenizer would feed this model other ids than its training did (None: it would not)."""
+    if not lowercase:
+        return "MediaPipe's BertTokenizer always lower-cases, and this model was trained cased: it would see other tokens than in training"
+    if truncation != "head":
+        return (f"MediaPipe's BertTokenizer keeps only the start of a long text, and this model was trained on {truncation} "
+                "truncation (train with --truncation head for MediaPipe)")
+    return None
+
+
+def model_metadata(flatbuffer: bytes, labels: list[str], lowercase: bool, description: str, truncation: str = "head") -> bytes:
     """The TFLITE_METADATA buffer: BERT tokenizer (vocab file) on the inputs, labels file on the output.
 
     Input tensor metadata must follow the subgraph's input order; MediaPipe finds each input by
@@ -79,9 +89,9 @@ def model_metadata(flatbuffer: bytes, labels: list[str], lowercase: bool, descri
     before WordPiece, always, so only an uncased model (tf-text's `lower_case_nfd_strip_accents`)
     can be given to it.
     """
-    if not lowercase:
-        raise TfkitError("MediaPipe's BertTokenizer always lower-cases, and this model was trained cased: "
-                         "it would see other tokens than in training")
+    problem = tokenizer_problem(lowercase, truncation)
+    if problem:
+        raise TfkitError(problem)
     md = metadata_schema()
     by_tensor = {_tensor_name(k): v for k, v in INPUTS.items()}
     names = input_names(flatbuffer)

@@ -311,21 +311,30 @@ def tokenizer_graph(tokenizer: WordPieceTokenizer, ir_version: int) -> onnx.Mode
     """`texts` string [batch] -> int32 `token_ids`, `padding_mask` [batch, longest], as `tokenizer.encode` makes them."""
     from onnxruntime_extensions import gen_processing_models
 
-    length = tokenizer.max_length
+    length, head = tokenizer.max_length, tokenizer.head
     single, _ = gen_processing_models("BertTokenizer", pre_kwargs={
         "vocab": "\n".join(tokenizer.vocab), "do_lower_case": int(tokenizer.lowercase),
-        "strip_accents": int(tokenizer.lowercase), "max_length": length})
+        "strip_accents": int(tokenizer.lowercase), "max_length": -1})  # untruncated: cut below as `wordpiece.cut` does
     op = single.graph.node[0]
     # Three outputs, not four: with offset_mapping also requested, inside a Loop the ids of
     # non-ASCII texts came back as offsets (onnxruntime-extensions 0.15.2).
-    bert = helper.make_node(op.op_type, ["text"], ["ids", "type_ids", "mask"], name="bert_tokenizer", domain=CONTRIB)
+    bert = helper.make_node(op.op_type, ["text"], ["ids_all", "type_ids", "mask_all"], name="bert_tokenizer", domain=CONTRIB)
     bert.attribute.extend(op.attribute)
     const = lambda name, value: helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value, np.int64), name))
+    # [CLS] and the first `head` pieces, then from max(1 + head, n - (length - 1 - head)) to the end ([SEP] included).
+    keep = lambda name: [helper.make_node("Slice", [f"{name}_all", "zero", "head_end"], [f"{name}_head"]),
+                         helper.make_node("Slice", [f"{name}_all", "tail_start", "end"], [f"{name}_tail"]),
+                         helper.make_node("Concat", [f"{name}_head", f"{name}_tail"], [name], axis=0)]
     body = helper.make_graph(
-        [const("zero", [0]), const("max_length", [length]),
+        [const("zero", [0]), const("max_length", [length]), const("head_end", [1 + head]),
+         const("tail_length", [length - 1 - head]), const("end", [np.iinfo(np.int64).max]),
          helper.make_node("Unsqueeze", ["i", "zero"], ["i_1d"]),
          helper.make_node("Gather", ["texts", "i_1d"], ["text"], axis=0),
          bert,
+         helper.make_node("Shape", ["ids_all"], ["pieces"]),
+         helper.make_node("Sub", ["pieces", "tail_length"], ["tail_from"]),
+         helper.make_node("Max", ["tail_from", "head_end"], ["tail_start"]),
+         *keep("ids"), *keep("mask"),
          helper.make_node("Shape", ["ids"], ["ids_length"]),
          helper.make_node("Sub", ["max_length", "ids_length"], ["pad_right"]),
          helper.make_node("Concat", ["zero", "pad_right"], ["pads"], axis=0),

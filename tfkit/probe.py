@@ -41,6 +41,9 @@ PAYBACK = 4  # probe only runs of at least this many times the probe's own steps
 RTOL, ATOL = 0.05, 0.02  # a candidate's loss vs float32's after the same steps on the same batches
 LOSS_WINDOW = 4  # the loss compared is the mean over the last this many of those steps
 CACHE_VERSION = 1
+# XLA allocates a train step's buffers at once; where that would take over this share of the memory
+# free, its candidates are not tried (an XLA step asked for 10.6 GiB at 512 tokens and the process died).
+XLA_MEMORY_SHARE = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +81,9 @@ def compared_loss(figure: dict, steps: int) -> float:
 
 def safe(figure: dict, reference: dict) -> str | None:
     """Why a candidate is not numerically safe (None if it is): its loss must be finite and near the reference's
-    after the same steps (candidates may time different numbers of steps)."""
+    after the same steps (candidates may time different numbers of steps); one not tried is not either."""
+    if figure.get("skipped"):
+        return figure["skipped"]
     if not all(math.isfinite(v) for v in figure["losses"]):
         return "non-finite loss"
     if figure is reference:
@@ -111,7 +116,8 @@ def pick(figures: list[dict], train_steps: int | None = None, compile_shapes: in
     annotated = []
     for figure in figures:
         why = safe(figure, reference)
-        annotated.append({**figure, "unsafe": why, "estimated_seconds": estimated_seconds(figure, train_steps, compile_shapes)})
+        seconds = None if figure.get("skipped") else estimated_seconds(figure, train_steps, compile_shapes)
+        annotated.append({**figure, "unsafe": why, "estimated_seconds": seconds})
     usable = [f for f in annotated if f["unsafe"] is None] or annotated[:1]
     best = min(usable, key=lambda f: f["estimated_seconds"])  # min keeps the first of equals
     return {"precision": best["precision"], "jit": best["jit"], "candidates": annotated,
@@ -178,6 +184,38 @@ def measure(make_model: Callable[[Candidate], object], batches: Sequence, cands:
     runs.clear()
     gc.collect()
     return figures
+
+
+def xla_step_gib(model: dict, batch: int, length: int) -> float | None:
+    """A rough size of a BERT train step's activations (GiB, float32), which XLA allocates for the whole step.
+
+    Per layer: attention scores, probabilities and dropout mask (batch x heads x length^2) and the
+    dense layers' inputs and outputs (batch x length x (12 hidden + 3 intermediate)). For the default
+    teacher at batch 32 and 512 tokens it says 10.1 GiB; its XLA step asked for 10.64 GiB, failed with
+    21 GiB free, and the process then crashed in free(). None for a model without those dimensions.
+    """
+    if not all(k in model for k in ("num_layers", "num_heads", "hidden_dim", "intermediate_dim")):
+        return None
+    attention = 3 * batch * model["num_heads"] * length**2
+    dense = batch * length * (12 * model["hidden_dim"] + 3 * model["intermediate_dim"])
+    return model["num_layers"] * (attention + dense) * 4 / 2**30
+
+
+def free_gib() -> float | None:
+    """MemAvailable of /proc/meminfo in GiB (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return kib / 2**20
+
+
+def not_tried(cand: Candidate, why: str) -> dict:
+    """The figure of a candidate the probe left out, with why (never picked)."""
+    return {"precision": cand.precision, "jit": cand.jit, "skipped": why, "steps": 0, "step_seconds": None,
+            "examples_per_second": None, "step_ms": None, "compile_seconds": None, "build_seconds": 0.0, "losses": [],
+            "finite": True}
 
 
 def cache_dir() -> Path:
@@ -286,9 +324,16 @@ def decide(config, kind: str, model: dict, max_length: int, make_model: Callable
     def run_probe(cands: list[Candidate]) -> list[dict]:
         batches = probe_batches(probe_data(), WARMUP_STEPS + TIMED_STEPS)
         batches = [batches[i % len(batches)] for i in range(WARMUP_STEPS + TIMED_STEPS)]  # small data: repeat them
-        log.info("probing %s on %d batches of %d tokens", ", ".join(map(str, cands)), len(batches),
-                 int(batches[0][0]["token_ids"].shape[1]))
-        return measure(make_model, batches, cands, config.seed)
+        size, length = (int(n) for n in batches[0][0]["token_ids"].shape)
+        need, free = xla_step_gib(model, size, length), free_gib()
+        skip = None
+        if need is not None and free is not None and need > XLA_MEMORY_SHARE * free:
+            skip = f"not tried: an XLA step of {length} tokens needs about {need:.1f} GiB, {free:.1f} GiB free"
+        tried = [c for c in cands if not (skip and c.jit == "on")]
+        log.info("probing %s on %d batches of %d tokens%s", ", ".join(map(str, tried)), len(batches), length,
+                 f" (XLA {skip})" if skip and len(tried) < len(cands) else "")
+        figures = {(f["precision"], f["jit"]): f for f in measure(make_model, batches, tried, config.seed)}
+        return [figures.get((c.precision, c.jit)) or not_tried(c, skip) for c in cands]
 
     key = lambda cands: cache_key(kind, model, config.batch_size, max_length, cands, devices=config.devices, **key_more)
     record = choose(config.precision, config.jit, key, run_probe, train_steps, compile_shapes, static=static)
@@ -304,6 +349,9 @@ def describe(record: dict) -> str:
     parts = []
     for f in record["candidates"]:
         mark = " <-" if (f["precision"], f["jit"]) == (record["precision"], record["jit"]) else ""
+        if f.get("skipped"):
+            parts.append(f"{f['precision']}/XLA {f['jit']} {f['skipped']}")
+            continue
         unsafe = f" UNSAFE: {f['unsafe']}" if f["unsafe"] else ""
         parts.append(f"{f['precision']}/XLA {f['jit']} {f['examples_per_second']:.1f} ex/s, "
                      f"compile {f['compile_seconds']:.1f} s{unsafe}{mark}")

@@ -105,5 +105,5 @@ def student_tokenizer(tokenizer: WordPieceTokenizer, keep_ids: list[int] | None)
     """The teacher's tokenizer, over the kept vocabulary: the id remap is the new vocab's order."""
     if keep_ids is None:
         return tokenizer
-    return WordPieceTokenizer([tokenizer.vocab[i] for i in keep_ids], tokenizer.lowercase, tokenizer.max_length)
+    return WordPieceTokenizer([tokenizer.vocab[i] for i in keep_ids], tokenizer.lowercase, tokenizer.max_length, tokenizer.truncation)
 

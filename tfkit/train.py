@@ -28,7 +28,8 @@ from tfkit.errors import TfkitError
 from tfkit import probe
 from tfkit.loop import Schedule, compile_model, fit_model, verbosity
 from tfkit.resume import check_resume, remove_resume, resume_dir, run_settings
-from tfkit.preprocess import WordPieceTokenizer, choose_max_length, batch_shapes, length_report, make_dataset, make_stream
+from tfkit.preprocess import (WordPieceTokenizer, batch_shapes, choose_max_length, choose_truncation, length_report,
+                              make_dataset, make_stream)
 
 log = logging.getLogger("tfkit")
 
@@ -133,10 +134,14 @@ def build(config: TrainConfig, splits: Splits, precision: str, strategy=None, pr
         max_length = config.max_length or choose_max_length(lengths, backbone.max_sequence_length)
         if max_length > backbone.max_sequence_length:
             raise TfkitError(f"--max-length {max_length} exceeds the model's limit of {backbone.max_sequence_length}")
-        tokenizer = WordPieceTokenizer(tokenizer.vocab, tokenizer.lowercase, max_length)
         report = length_report(lengths, max_length)
+        truncation, why = choose_truncation(config.truncation, report["truncated"])
+        tokenizer = WordPieceTokenizer(tokenizer.vocab, tokenizer.lowercase, max_length, truncation)
         log.info("token lengths p50 %(p50)d p95 %(p95)d p99 %(p99)d max %(max)d -> max_length %(max_length)d "
                  "(%(truncated).2f%% truncated)", {**report, "truncated": 100 * report["truncated"]})
+        if report["truncated"]:
+            log.info("truncation %s (%s): a longer text keeps its first %d word pieces%s", truncation, why, tokenizer.head,
+                     f" and its last {max_length - 2 - tokenizer.head}" if truncation == "head+tail" else "")
         train_ds = make_dataset(tokenizer, splits.train.texts, splits.train.labels, config.batch_size,
                                 shuffle=True, seed=config.seed, bucket=config.bucket)
         val_ds = make_dataset(tokenizer, splits.val.texts, splits.val.labels, config.batch_size, bucket=config.bucket)
@@ -156,9 +161,9 @@ def build(config: TrainConfig, splits: Splits, precision: str, strategy=None, pr
             static=None if probe_speed else "several workers take the static choice (they must agree)")
         keras.utils.set_random_seed(config.seed)  # the same training whether the probe ran, was cached or skipped
         model = classifier(speed["precision"], speed["jit"], steps, config.warmup_ratio)
-    resolved = dataclasses.replace(config, pretrained=pretrained, max_length=max_length, learning_rate=learning_rate,
-                                   epochs=epochs, patience=patience, precision=speed["precision"], jit=speed["jit"],
-                                   probe=speed)
+    resolved = dataclasses.replace(config, pretrained=pretrained, max_length=max_length, truncation=truncation,
+                                   learning_rate=learning_rate, epochs=epochs, patience=patience,
+                                   precision=speed["precision"], jit=speed["jit"], probe=speed)
     return Run(model, tokenizer, train_ds, stream, val_ds, strategy, resolved, report)
 
 

@@ -9,6 +9,9 @@ then BERT's lowercase and accent stripping. Measured against tf-text on every co
 U+3100 inside a word: 1% still differ (combining marks of rare scripts, punctuation added in
 recent Unicode versions, "ß"). `tfkit export` therefore writes `tokenizer_check.jsonl` (the
 model's test texts and a few probes, with the training tokenizer's ids) and `check()` compares.
+
+How a text longer than the model's length is cut is defined here once, without TensorFlow
+(`kept_head`, `cut`): the training tokenizer, the ONNX tokenizer graph and this one follow it.
 """
 
 from __future__ import annotations
@@ -24,25 +27,44 @@ CHECK_FILE = "tokenizer_check.jsonl"
 # Beyond the test texts: empty, blank, accents, CJK, emoji, tabs and NUL, NFKC-folded characters, over-length.
 PROBE_TEXTS = ["", "   ", "Café naïve CAFÉ", "電影 很好 🎬", "tab\there\nnew\x00line", "wait… ﬁne", "GOOD. Superb!!", "word " * 300]
 _CONTROL = "".join(chr(c) for c in [*range(0, 9), 11, 12, *range(14, 32), *range(127, 160)])
+# What a text longer than max_length keeps: its first word pieces (head), or a quarter of them from its
+# start and the rest from its end (head+tail, Sun et al. 2019: 128 + 382 of 510 on long reviews).
+TRUNCATIONS = ("head", "head+tail")
+
+
+def kept_head(truncation: str, max_length: int) -> int:
+    """How many word pieces of a cut text's start are kept (the rest of the `max_length - 2` come from its end)."""
+    if truncation not in TRUNCATIONS:
+        raise TfkitError(f"unknown truncation '{truncation}' (choose from {', '.join(TRUNCATIONS)})")
+    body = max_length - 2
+    return body if truncation == "head" else body // 4
+
+
+def cut(ids: list[int], max_length: int, head: int) -> list[int]:
+    """`[CLS] pieces [SEP]` ids cut to `max_length`: the first `head` pieces, then the last ones and [SEP]."""
+    if len(ids) <= max_length:
+        return ids
+    return ids[: 1 + head] + ids[len(ids) - (max_length - 1 - head):]
 
 
 class FastTokenizer:
-    """BERT WordPiece with [CLS]/[SEP], truncated to `max_length`, padded to the longest text in a batch.
+    """BERT WordPiece with [CLS]/[SEP], cut to `max_length`, padded to the longest text in a batch.
 
     Args:
         vocab: the word pieces, index = id (the export's vocab.txt).
         lowercase: the manifest's `tokenizer.lowercase` (tf-text `lower_case_nfd_strip_accents`).
         max_length: longest sequence, special tokens included.
+        truncation: `head` or `head+tail` (TRUNCATIONS), as the model was trained.
     """
 
-    def __init__(self, vocab: list[str], lowercase: bool, max_length: int):
+    def __init__(self, vocab: list[str], lowercase: bool, max_length: int, truncation: str = "head"):
         from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 
         ids = {token: i for i, token in enumerate(vocab)}
         missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]") if t not in ids]
         if missing or len(ids) != len(vocab):
             raise TfkitError(f"vocabulary lacks {', '.join(missing)}" if missing else "vocabulary has duplicate tokens")
-        self.pad_id, self.max_length = ids["[PAD]"], max_length
+        self.pad_id, self.max_length, self.head = ids["[PAD]"], max_length, kept_head(truncation, max_length)
         tokenizer = Tokenizer(models.WordPiece(vocab=ids, unk_token="[UNK]", max_input_chars_per_word=100))
         steps = [normalizers.NFKC()] if lowercase else []
         steps += [normalizers.Replace(Regex(f"[{_CONTROL}]"), " "),
@@ -51,8 +73,7 @@ class FastTokenizer:
         tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tokenizer.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
-        tokenizer.enable_truncation(max_length)
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer  # untruncated: `cut` keeps what the model was trained on
 
     @classmethod
     def from_export(cls, directory: str | Path, settings: dict) -> "FastTokenizer":
@@ -62,11 +83,11 @@ class FastTokenizer:
             vocab = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
             raise TfkitError(f"cannot read {path}: {e}") from None
-        return cls(vocab, bool(settings["lowercase"]), int(settings["max_length"]))
+        return cls(vocab, bool(settings["lowercase"]), int(settings["max_length"]), settings.get("truncation", "head"))
 
     def ids(self, texts: list[str]) -> list[list[int]]:
         """Each text's ids, [CLS] ... [SEP], unpadded (a server sorts texts by their length before batching)."""
-        return [e.ids for e in self.tokenizer.encode_batch(texts)]
+        return [cut(e.ids, self.max_length, self.head) for e in self.tokenizer.encode_batch(texts)]
 
     def pad(self, ids: list[list[int]]) -> dict[str, np.ndarray]:
         """int32 `token_ids` and `padding_mask` [batch, longest], as `WordPieceTokenizer.encode` gives them."""
@@ -92,7 +113,7 @@ class FastTokenizer:
         if not path.exists():
             return {"file": CHECK_FILE, "texts": 0, "agreement": None, "mismatches": []}
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        ours = [self.tokenizer.encode(row["text"]).ids for row in rows]
+        ours = self.ids([row["text"] for row in rows])
         bad = [{"text": row["text"][:200], "expected": row["ids"], "got": got}
                for row, got in zip(rows, ours) if got != row["ids"]]
         return {"file": CHECK_FILE, "texts": len(rows), "agreement": 1 - len(bad) / len(rows) if rows else None,

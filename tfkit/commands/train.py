@@ -19,6 +19,8 @@ HELP = {
     "epochs": "maximum epochs; early stopping on validation macro-F1 may stop sooner (default: from the data's size: "
               "at least 600 batches' worth of texts, 2 to 20 epochs)",
     "max_length": "tokens per text incl. [CLS]/[SEP] (default: covers 99%% of training texts, a multiple of 16)",
+    "truncation": "what a text longer than --max-length keeps: its first word pieces (head), or a quarter from its start "
+                  "and the rest from its end (head+tail); auto (default): head+tail when over 1%% of training texts are cut",
     "learning_rate": "peak learning rate in (0, 1] (default: 5e-5, or 1e-3 with --freeze-backbone)",
     "warmup_ratio": "share of the steps spent warming up, in [0, 1) (default: %(default)s)",
     "weight_decay": "AdamW weight decay in [0, 1) (default: %(default)s)",
