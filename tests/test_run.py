@@ -31,8 +31,21 @@ def test_run_trains_teacher_distills_student_and_exports_it(tmp_path, sentiment_
     (["--formats", "tflite-fp32,coreml"], "unknown format 'coreml'"),
     (["--student", "huge"], "unknown student preset 'huge'"),
     (["--distill-epochs", "0"], "--distill-epochs must be at least 1 (got 0)"),
+    (["--formats", "tflite-mediapipe", "--truncation", "head+tail"],
+     "--formats names tflite-mediapipe: MediaPipe's BertTokenizer keeps only the start of a long text"),
 ])
 def test_run_rejects_bad_settings_before_training(tmp_path, sentiment_csv, tiny_checkpoint, capsys, args, message):
     code = main(["run", "--data", sentiment_csv, "--pretrained", tiny_checkpoint, "--models", str(tmp_path / "models"), *args])
     assert code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "models").exists()
+
+
+def test_run_for_mediapipe_keeps_the_head_of_long_texts():
+    """MediaPipe's tokenizer keeps a text's start, so `auto` must not train the model on head+tail."""
+    from tfkit.cli import make_parser
+    from tfkit.commands.run import training_config
+
+    args = lambda *flags: make_parser().parse_args(["run", *flags])
+    assert training_config(args("--formats", "tflite-int8,tflite-mediapipe")).truncation == "head"
+    assert training_config(args("--formats", "tflite-int8")).truncation == "auto"
+    assert training_config(args()).truncation == "auto"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from tfkit.commands import bench as bench_command
 from tfkit.commands import distill as distill_command
 from tfkit.commands import export as export_command
 from tfkit.commands import train as train_command
-from tfkit.config import DistillConfig
+from tfkit.config import DistillConfig, TrainConfig
 from tfkit.errors import TfkitError
 
 
@@ -39,6 +40,19 @@ def bench_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
     return Path(args.export) / "teacher", Path(args.bench) / "student"
 
 
+def training_config(args: argparse.Namespace) -> TrainConfig:
+    """The teacher's settings; with `tflite-mediapipe` named, `--truncation auto` keeps the head (MediaPipe's tokenizer does)."""
+    from tfkit.formats import parse_formats
+    from tfkit.mediapipe_export import FORMAT, tokenizer_problem
+
+    config = train_command.training_config(args)
+    if args.formats and FORMAT in parse_formats(args.formats):
+        if config.truncation == "head+tail":
+            raise TfkitError(f"--formats names {FORMAT}: {tokenizer_problem(True, 'head+tail')}")
+        config = dataclasses.replace(config, truncation="head")
+    return config
+
+
 def distill_config(args: argparse.Namespace) -> DistillConfig:
     extra = {"epochs": args.distill_epochs} if args.distill_epochs is not None else {}
     return DistillConfig(teacher=str(outputs(args)[0]), student=args.student, seed=args.seed, devices=args.devices,
@@ -57,7 +71,7 @@ def check_run(args: argparse.Namespace) -> None:
         raise TfkitError(f"--distill-epochs must be at least 1 (got {args.distill_epochs})")
     from tfkit.cluster import resolve_strategy
 
-    config = train_command.training_config(args)
+    config = training_config(args)
     train_command.check_training(config)
     if resolve_strategy(config.strategy, config.devices)[0] == "multiworker":
         raise TfkitError("tfkit run trains on one machine; on several, run `tfkit train` and then `tfkit distill` "
@@ -91,7 +105,7 @@ def run_command(args: argparse.Namespace) -> int:
     if student_resumes(args):
         print(f"{teacher_dir}: trained by the interrupted run; resuming the student's training")
     else:
-        print(train_command.summary(str(teacher_dir), train(train_command.training_config(args), teacher_dir)))
+        print(train_command.summary(str(teacher_dir), train(training_config(args), teacher_dir)))
     minutes["teacher"], start = (time.perf_counter() - start) / 60, time.perf_counter()
     print(distill_command.summary(str(student_dir), distill(distill_config(args), student_dir)))
     minutes["student"], start = (time.perf_counter() - start) / 60, time.perf_counter()
