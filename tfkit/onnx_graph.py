@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tfkit.preprocess import WordPieceTokenizer
+if TYPE_CHECKING:  # the tokenizer is only read here; importing it would load TensorFlow
+    from tfkit.preprocess import WordPieceTokenizer
 
 CONTRIB = "ai.onnx.contrib"  # onnxruntime-extensions' op domain
 
