@@ -79,6 +79,10 @@ def test_xla_is_not_tried_where_its_step_would_not_fit_in_memory(cache, monkeypa
         assert xla["skipped"].startswith("not tried: an XLA step of 512 tokens needs about 10.1 GiB, 21.0 GiB free")
         assert xla["unsafe"] == xla["skipped"] and "float32/XLA on not tried" in probe.describe(record)
     json.dumps(record, allow_nan=False)  # config.json takes it as it is
+    made.clear()  # `--jit on` asks for XLA: it is tried whatever the memory
+    probe.decide(TrainConfig(jit="on"), "teacher", teacher, 512, make_model=lambda c: made.append(c) or Model(),
+                 probe_data=lambda: batches, train_steps=10_000)
+    assert made and all(c.jit == "on" for c in made)
 
 
 def test_xla_compiles_count_against_a_short_run():

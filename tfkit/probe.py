@@ -326,12 +326,12 @@ def decide(config, kind: str, model: dict, max_length: int, make_model: Callable
         batches = [batches[i % len(batches)] for i in range(WARMUP_STEPS + TIMED_STEPS)]  # small data: repeat them
         size, length = (int(n) for n in batches[0][0]["token_ids"].shape)
         need, free = xla_step_gib(model, size, length), free_gib()
-        skip = None
-        if need is not None and free is not None and need > XLA_MEMORY_SHARE * free:
+        skip = None  # XLA asked for by `--jit on` is tried whatever the memory; `auto` leaves it out where it would not fit
+        if need is not None and free is not None and need > XLA_MEMORY_SHARE * free and any(c.jit == "off" for c in cands):
             skip = f"not tried: an XLA step of {length} tokens needs about {need:.1f} GiB, {free:.1f} GiB free"
         tried = [c for c in cands if not (skip and c.jit == "on")]
         log.info("probing %s on %d batches of %d tokens%s", ", ".join(map(str, tried)), len(batches), length,
-                 f" (XLA {skip})" if skip and len(tried) < len(cands) else "")
+                 f" (XLA {skip})" if skip else "")
         figures = {(f["precision"], f["jit"]): f for f in measure(make_model, batches, tried, config.seed)}
         return [figures.get((c.precision, c.jit)) or not_tried(c, skip) for c in cands]
 
