@@ -61,15 +61,21 @@ FORMATS = {
 DEFAULT_FORMATS = [key for key in FORMATS if key != "tflite-int8-full"]
 
 
+def named(formats: str | list[str] | None) -> list[str] | None:
+    """The format names a user gave (`a,b` or a list), or None for the default set and for `all`."""
+    names = None if formats is None else [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+    return None if names == ["all"] else names
+
+
 def parse_formats(formats: str | list[str] | None, log_left_out: bool = False) -> list[str]:
     """Format keys in FORMATS order; None -> DEFAULT_FORMATS, `all` -> every format; unknown names fail.
 
     `tflite-mediapipe` needs the `mediapipe` extra: named, it fails without it; None and `all`
     leave it out (one log line if `log_left_out`), so the other formats still export.
     """
-    names = None if formats is None else [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
-    if names is None or names == ["all"]:
-        keys = list(DEFAULT_FORMATS if names is None else FORMATS)
+    names = named(formats)
+    if names is None:
+        keys = list(DEFAULT_FORMATS if formats is None else FORMATS)
         if mediapipe_export.available():
             return keys
         if log_left_out:
@@ -88,7 +94,7 @@ def for_model(keys: list[str], formats: str | list[str] | None, lowercase: bool,
     problem = mediapipe_export.tokenizer_problem(lowercase, truncation) if mediapipe_export.FORMAT in keys else None
     if problem is None:
         return keys
-    if formats is not None and formats not in ("all", ["all"]):
+    if named(formats) is not None:
         raise TfkitError(f"{mediapipe_export.FORMAT}: {problem}")
     log.info("leaving out %s: %s", mediapipe_export.FORMAT, problem)
     return [k for k in keys if k != mediapipe_export.FORMAT]

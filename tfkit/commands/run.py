@@ -42,11 +42,11 @@ def bench_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
 
 def training_config(args: argparse.Namespace) -> TrainConfig:
     """The teacher's settings; with `tflite-mediapipe` named, `--truncation auto` keeps the head (MediaPipe's tokenizer does)."""
-    from tfkit.formats import parse_formats
+    from tfkit.formats import named
     from tfkit.mediapipe_export import FORMAT, tokenizer_problem
 
     config = train_command.training_config(args)
-    if args.formats and FORMAT in parse_formats(args.formats):
+    if FORMAT in (named(args.formats) or []):
         if config.truncation == "head+tail":
             raise TfkitError(f"--formats names {FORMAT}: {tokenizer_problem(True, 'head+tail')}")
         config = dataclasses.replace(config, truncation="head")
