@@ -6,7 +6,8 @@ import tensorflow as tf
 
 from tests.conftest import VOCAB
 from tfkit.errors import TfkitError
-from tfkit.preprocess import WordPieceTokenizer, choose_max_length, make_dataset, read_vocab
+from tfkit.preprocess import (BucketPlan, WordPieceTokenizer, batch_count, choose_max_length, default_pads, make_dataset,
+                              plan_buckets, read_vocab)
 
 TEXTS = ["good film", "", "   ", "The CAFÉ was awful.", "zzz qqq", "good " * 40]
 
@@ -45,6 +46,29 @@ def test_bucketed_dataset_keeps_every_example_once():
     assert sorted(seen) == list(range(50))
     assert widths <= {8, 16, 24} and len(widths) > 1
     assert ds.cardinality() == sum(1 for _ in ds)
+
+
+def test_planned_pads_trade_padding_for_fewer_shapes():
+    lengths = np.array([5] * 50 + [12] * 50 + [20] * 50 + [30] * 10 + [60] * 5)
+    assert plan_buckets(lengths, 64, epochs=2, shape_steps=0, batch_size=8) == BucketPlan([8, 16, 24, 32, 64], 5, 1.0)
+    few = plan_buckets(lengths, 64, epochs=2, shape_steps=10, batch_size=8)
+    assert few.pads[-1] == 64 and few.shapes < 5 and few.work > 1.0
+    assert plan_buckets(lengths, 64, epochs=2, shape_steps=10**6, batch_size=8) == BucketPlan([64], 1, 64 * 165 / 3040)
+    costs = []  # a bigger compile cost never buys more shapes
+    for shape_steps in (0, 1, 3, 10, 30, 100, 10**4):
+        plan = plan_buckets(lengths, 64, epochs=2, shape_steps=shape_steps, batch_size=8)
+        costs.append(plan.shapes)
+        assert set(plan.pads) <= set(default_pads(64)) and plan.work >= 1.0
+    assert costs == sorted(costs, reverse=True)
+    assert default_pads(60) == [8, 16, 24, 32, 40, 48, 56, 60] and default_pads(8) == [8]
+
+
+def test_a_dataset_pads_to_the_planned_lengths_only():
+    tok = WordPieceTokenizer(VOCAB, max_length=24)
+    texts = [("good " * (i % 20)).strip() or "bad" for i in range(40)]
+    ds = make_dataset(tok, texts, np.arange(40), batch_size=4, pads=[16, 24])
+    widths = {int(x["token_ids"].shape[1]) for x, _ in ds}
+    assert widths == {16, 24} and ds.cardinality() == sum(1 for _ in ds) == batch_count(tok, texts, 4, pads=[16, 24])
 
 
 def test_unbucketed_dataset_pads_to_max_length():

@@ -1,5 +1,6 @@
 """The speed probe: pick logic on fake timings, the per-machine cache, real probes of tiny models, bf16 numerics."""
 
+import dataclasses
 import json
 import math
 
@@ -10,6 +11,7 @@ from tfkit import probe
 from tfkit.artifacts import from_dict, read_json
 from tfkit.classifier import ModelConfig
 from tfkit.config import DistillConfig, TrainConfig
+from tfkit.preprocess import BucketPlan, make_dataset, plan_buckets
 from tfkit.probe import Candidate
 
 
@@ -79,7 +81,9 @@ def test_xla_is_not_tried_where_its_step_would_not_fit_in_memory(cache, monkeypa
         assert xla["skipped"].startswith("not tried: an XLA step of 512 tokens needs about 10.1 GiB, 21.0 GiB free")
         assert xla["unsafe"] == xla["skipped"] and "float32/XLA on not tried" in probe.describe(record)
     json.dumps(record, allow_nan=False)  # config.json takes it as it is
-    made.clear()  # `--jit on` asks for XLA: it is tried whatever the memory
+    made.clear()  # `--jit on` asks for XLA: it is tried whatever the memory (bf16 too, so there are two to probe)
+    import tfkit.devices
+    monkeypatch.setattr(tfkit.devices, "bf16_hardware", lambda: True)
     probe.decide(TrainConfig(jit="on"), "teacher", teacher, 512, make_model=lambda c: made.append(c) or Model(),
                  probe_data=lambda: batches, train_steps=10_000)
     assert made and all(c.jit == "on" for c in made)
@@ -87,9 +91,24 @@ def test_xla_is_not_tried_where_its_step_would_not_fit_in_memory(cache, monkeypa
 
 def test_xla_compiles_count_against_a_short_run():
     figures = [figure("float32", "off", 40, compile_seconds=5), figure("float32", "on", 50, compile_seconds=30)]
+    eight = lambda shape_steps: BucketPlan(list(range(8, 72, 8)), shapes=8, work=1.0)  # no planning: 8 shapes
     assert choice(probe.pick(figures)) == ("float32", "on")  # per step, XLA is faster
-    assert choice(probe.pick(figures, train_steps=5000, compile_shapes=8)) == ("float32", "on")  # 3277 s + 240 vs 4000 s + 5
-    assert choice(probe.pick(figures, train_steps=500, compile_shapes=8)) == ("float32", "off")  # 328 s + 240 vs 400 s + 5
+    assert choice(probe.pick(figures, train_steps=5000, plan=eight)) == ("float32", "on")  # 3200 s + 2 x 240 vs 4000 s + 5
+    assert choice(probe.pick(figures, train_steps=500, plan=eight)) == ("float32", "off")  # 320 s + 2 x 240 vs 400 s + 5
+
+
+def test_xla_trains_on_fewer_shapes_when_its_compiles_cost_more_than_the_padding():
+    lengths = np.array([10] * 300 + [20] * 300 + [30] * 300 + [60] * 100)
+    figures = [figure("float32", "off", 40, compile_seconds=5), figure("float32", "on", 80, compile_seconds=15)]
+    plan = lambda shape_steps: plan_buckets(lengths, 64, 10, shape_steps, batch_size=32)  # 10 epochs of 34 batches
+    result = probe.pick(figures, train_steps=340, plan=plan)  # 2 x 15 s compiles against 0.4 s steps: fewer shapes
+    assert choice(result) == ("float32", "on") and result["pads"][-1] == 64 and len(result["pads"]) < 4
+    xla = result["candidates"][1]
+    planned = plan(2 * 15 / 0.4)  # a compile for training and one for validation, per shape
+    assert xla["pads"] == planned.pads and xla["estimated_seconds"] == pytest.approx(340 * 0.4 * planned.work + planned.shapes * 30)
+    assert result["candidates"][0]["pads"] is None  # without XLA the default buckets cost no compile
+    off = probe.pick([figures[0], figure("float32", "on", 20, compile_seconds=30)], train_steps=340, plan=plan)
+    assert choice(off) == ("float32", "off") and off["pads"] is None
 
 
 def test_candidates_follow_the_flags_and_the_hardware():
@@ -199,6 +218,44 @@ def test_a_tiny_teacher_is_probed_and_its_choice_round_trips_through_config_json
     assert any("probe skipped" in r.message for r in caplog.records)
 
 
+def fast_xla(monkeypatch):
+    """The probe measures XLA as 100x faster a step but 10 s a compile: one shape pays, two do not."""
+    fake = lambda make_model, batches, cands, seed=0: [figure(c.precision, c.jit, 1000 if c.jit == "on" else 10,
+                                                              compile_seconds=10 if c.jit == "on" else 1) for c in cands]
+    monkeypatch.setattr(probe, "measure", fake)
+
+
+def test_an_xla_teacher_trains_and_validates_on_the_shapes_its_compile_cost_chose(quick_probe, sentiment_csv, tiny_checkpoint,
+                                                                                monkeypatch):
+    from tfkit.train import build, prepare
+
+    fast_xla(monkeypatch)
+    config = TrainConfig(data=sentiment_csv, pretrained=tiny_checkpoint, epochs=1, batch_size=16, precision="float32")
+    splits, precision = prepare(config)
+    run = build(config, splits, precision)
+    record = run.config.probe
+    assert (record["jit"], record["pads"]) == ("on", [run.config.max_length]) and run.model.jit_compile is True
+    default = make_dataset(run.tokenizer, splits.train.texts, splits.train.labels, 16)
+    assert len({int(x["token_ids"].shape[1]) for x, _ in default}) > 1  # the default buckets have more shapes
+    widths = {int(x["token_ids"].shape[1]) for ds in (run.train_ds, run.val_ds, run.stream(0)) for x, _ in ds}
+    assert widths == {run.config.max_length}
+    assert from_dict(TrainConfig, json.loads(json.dumps(dataclasses.asdict(run.config)))).probe["pads"] == record["pads"]
+
+
+def test_an_xla_student_trains_on_the_shapes_its_compile_cost_chose(quick_probe, trained_teacher, tmp_path, monkeypatch):
+    import tfkit.distill as distill_module
+
+    fast_xla(monkeypatch)
+    streams = []
+    make_stream = distill_module.make_stream
+    monkeypatch.setattr(distill_module, "make_stream", lambda *a, **k: streams.append(k["pads"]) or make_stream(*a, **k))
+    distill_module.distill(DistillConfig(teacher=str(trained_teacher), layers=1, precision="float32", epochs=1, batch_size=16,
+                                         learning_rate=5e-3, warmup_ratio=0.0), tmp_path / "student")
+    saved = read_json(tmp_path / "student" / "config.json", ModelConfig)
+    record = saved.training["probe"]
+    assert record["jit"] == "on" and record["pads"] == [saved.tokenizer.max_length] and streams == [record["pads"]]
+
+
 def test_jit_on_compiles_the_train_step_with_xla(sentiment_csv, tiny_checkpoint):
     from tfkit.train import build, prepare
 
@@ -235,8 +292,11 @@ def test_bf16_training_of_a_tiny_model_stays_close_to_float32(tiny_checkpoint, s
     assert np.abs(bf16 - f32).max() < 0.25
 
 
-def test_a_bf16_student_is_recorded_and_its_export_verifies(quick_probe, trained_teacher, tmp_path):
+def test_a_bf16_student_is_recorded_and_its_export_verifies(quick_probe, trained_teacher, tmp_path, monkeypatch):
+    import tfkit.devices
     from tfkit.distill import distill
+
+    monkeypatch.setattr(tfkit.devices, "bf16_hardware", lambda: True)  # bf16 is probed on any CPU (emulated: still right)
     from tfkit.export import export
 
     fixed = DistillConfig(teacher=str(trained_teacher), layers=1, epochs=1, learning_rate=3e-3,

@@ -35,7 +35,7 @@ from tfkit.resume import check_resume, remove_resume, resume_dir, run_settings
 from tfkit.data import fingerprint
 from tfkit.errors import TfkitError
 from tfkit import probe
-from tfkit.preprocess import batch_count, batch_shapes, make_dataset, make_stream
+from tfkit.preprocess import batch_count, make_dataset, make_stream, plan_buckets
 from tfkit.student import make_student, student_shape, student_tokenizer, trim_vocab
 from tfkit.train import evaluate, save_model_dir
 
@@ -211,19 +211,21 @@ def distill(config: DistillConfig, out: str | Path = "models/student") -> dict:
     for name, (alpha, hidden_loss, data) in runs.items():
         keras.utils.set_random_seed(config.seed)
         with placement.strategy.scope():
-            steps = batch_count(tokenizer, data["texts"], config.batch_size)
-            val_ds = make_dataset(tokenizer, val["texts"], targets(val), config.batch_size)
-            compiled = lambda precision, jit, warmup_ratio: compiled_student(
+            compiled = lambda precision, jit, warmup_ratio, steps: compiled_student(
                 teacher, shape, keep, config, alpha, hidden_loss, live_teacher, precision, jit, config.epochs * steps, warmup_ratio)
             if speed is None:  # measured on the distilled run; the hard-label baseline trains the same way
-                speed = student_speed(config, tokenizer, data, targets, shape, live_teacher, compiled, config.epochs * steps,
-                                      len(teacher.labels), probe_speed=placement.cluster is None)
+                probed = batch_count(tokenizer, data["texts"], config.batch_size)  # steps an epoch with the default buckets
+                speed = student_speed(config, tokenizer, data, targets, shape, live_teacher,
+                                      lambda precision, jit, warmup_ratio: compiled(precision, jit, warmup_ratio, probed),
+                                      config.epochs * probed, len(teacher.labels), probe_speed=placement.cluster is None)
                 keras.utils.set_random_seed(config.seed)  # the same training whether the probe ran, was cached or skipped
-            model, student = compiled(speed["precision"], speed["jit"], config.warmup_ratio)
+            steps = batch_count(tokenizer, data["texts"], config.batch_size, pads=speed["pads"])
+            val_ds = make_dataset(tokenizer, val["texts"], targets(val), config.batch_size, pads=speed["pads"])
+            model, student = compiled(speed["precision"], speed["jit"], config.warmup_ratio, steps)
         log.info("training the %s student on %d texts (alpha %.2f, T %.1f, hidden loss %g), %s", name.replace("_", "-"),
                  len(data["texts"]), alpha, config.temperature, hidden_loss, placement.describe())
         stream = functools.partial(make_stream, tokenizer, data["texts"], targets(data), config.batch_size, config.seed,
-                                   True, epochs=config.epochs)
+                                   True, epochs=config.epochs, pads=speed["pads"])
         fitted = fit_model(model, stream, steps, val_ds, Schedule(config.epochs, config.patience, config.checkpoint_every, verbosity()),
                            strategy=placement.strategy, resume_area=resume_dir(out) / name, settings=settings,
                            cluster=placement.cluster)
@@ -289,7 +291,8 @@ def student_speed(config: DistillConfig, tokenizer, data: dict, targets, shape, 
                         make_model=lambda c: compiled(c.precision, c.jit, 0.0)[0],
                         probe_data=lambda: make_dataset(tokenizer, data["texts"][:texts], head, config.batch_size,
                                                         shuffle=True, seed=config.seed),
-                        train_steps=steps, compile_shapes=batch_shapes(tokenizer.lengths(data["texts"]), tokenizer.max_length),
+                        train_steps=steps, plan=functools.partial(plan_buckets, tokenizer.lengths(data["texts"]), tokenizer.max_length,
+                                                                  config.epochs, batch_size=config.batch_size),
                         static=None if probe_speed else "several workers take the static choice (they must agree)")
 
 

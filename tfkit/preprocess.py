@@ -4,7 +4,7 @@
 training, prediction and the string-in TFLite export all call it. After the tokenizer op it
 uses dense ops only, because ragged slicing/concat becomes TFLite custom ops no runtime has.
 The training pipeline buckets examples by length (padded to a multiple of 8) so short texts
-don't pay for long ones.
+don't pay for long ones; where every batch shape costs an XLA compile, `plan_buckets` pads to fewer lengths.
 """
 
 from __future__ import annotations
@@ -136,20 +136,59 @@ def length_report(lengths: np.ndarray, max_length: int) -> dict:
             "max_length": max_length, "truncated": float(np.mean(lengths > max_length))}
 
 
-def _bucket_sizes(lengths: np.ndarray, max_length: int, batch_size: int) -> tuple[list[int], int]:
-    """Bucket boundaries (pad to multiples of 8) and the number of batches they yield."""
-    boundaries = list(range(BUCKET_STEP + 1, max_length + 1, BUCKET_STEP)) + [max_length + 1]
+def default_pads(max_length: int) -> list[int]:
+    """The lengths batches are padded to by default: every multiple of 8 below max_length, and max_length."""
+    return list(range(BUCKET_STEP, max_length, BUCKET_STEP)) + [max_length]
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketPlan:
+    """Padded lengths for a run whose every batch shape costs a compile, and what they cost."""
+
+    pads: list[int]  # the lengths batches are padded to (the last is max_length)
+    shapes: int  # how many of them the training texts use (XLA compiles each)
+    work: float  # padded tokens of an epoch against the default buckets' (>= 1)
+
+
+def plan_buckets(lengths: np.ndarray, max_length: int, epochs: int, shape_steps: float, batch_size: int) -> BucketPlan:
+    """The subset of the default padded lengths that minimises a run's padded tokens plus its compiles.
+
+    Each batch shape the training texts use costs `shape_steps` training steps (XLA's compile
+    time over its step time, as the speed probe measured), priced at the default buckets' tokens
+    per step; the run pads `epochs` passes over `lengths`. A step's time is taken as proportional
+    to its padded tokens, which overprices padding (a step also has a fixed cost), so the plan
+    errs towards more shapes. Dynamic programming over the default lengths (at most max_length / 8).
+    """
+    pads = default_pads(max_length)
+    lengths = np.minimum(np.asarray(lengths), max_length)
+    counts = np.bincount(np.searchsorted(pads, lengths), minlength=len(pads))  # texts per smallest default pad
+    default_tokens = float(np.dot(counts, pads)) or 1.0  # (no texts: any plan is as good)
+    steps = sum(math.ceil(c / batch_size) for c in counts) or 1
+    shape_tokens = shape_steps * default_tokens / steps / max(1, epochs)  # one compile, in tokens of one pass
+    below = np.concatenate([[0], np.cumsum(counts)])  # texts in default buckets < i
+    best, cut = [0.0] + [math.inf] * len(pads), [0] * (len(pads) + 1)
+    for i in range(1, len(pads) + 1):  # pads[i - 1] tops a group of default buckets j..i-1
+        for j in range(i):
+            texts = below[i] - below[j]
+            cost = best[j] + pads[i - 1] * texts + (shape_tokens if texts else 0.0)
+            if cost < best[i]:
+                best[i], cut[i] = cost, j
+    chosen, i = [], len(pads)
+    while i:
+        if below[i] > below[cut[i]] or i == len(pads):  # a group with texts, and always max_length on top
+            chosen.append(pads[i - 1])
+        i = cut[i]
+    chosen.reverse()
+    per_pad = np.bincount(np.searchsorted(chosen, lengths), minlength=len(chosen))
+    return BucketPlan(chosen, int(np.count_nonzero(per_pad)), float(np.dot(per_pad, chosen)) / default_tokens if len(lengths) else 1.0)
+
+
+def _bucket_sizes(lengths: np.ndarray, max_length: int, batch_size: int, pads=None) -> tuple[list[int], int]:
+    """Bucket boundaries (pad to `pads`, by default multiples of 8) and the number of batches they yield."""
+    boundaries = [p + 1 for p in (pads or default_pads(max_length))]
     lengths = np.minimum(lengths, max_length)
     counts = np.bincount(np.searchsorted(boundaries, lengths, side="right"), minlength=len(boundaries) + 1)
     return boundaries, int(sum(math.ceil(c / batch_size) for c in counts))
-
-
-def batch_shapes(lengths: np.ndarray, max_length: int, bucket: bool = True) -> int:
-    """How many distinct sequence lengths `make_dataset`'s batches have (XLA compiles once for each)."""
-    if not bucket or not len(lengths):
-        return 1
-    boundaries, _ = _bucket_sizes(lengths, max_length, 1)
-    return len(np.unique(np.searchsorted(boundaries, np.minimum(lengths, max_length), side="right")))
 
 
 def make_dataset(
@@ -160,6 +199,7 @@ def make_dataset(
     shuffle: bool = False,
     seed: int = 0,
     bucket: bool = True,
+    pads: list[int] | None = None,
 ) -> tf.data.Dataset:
     """Batches of (inputs, targets): tokenized once and cached, then shuffled and length-bucketed.
 
@@ -168,32 +208,34 @@ def make_dataset(
         shuffle: in a new order each time the dataset is iterated (from `seed`).
         bucket: batch texts of similar length together, padded to a multiple of 8; otherwise every
             batch is padded to `max_length` (the slow baseline).
+        pads: the lengths buckets pad to instead of every multiple of 8 (`plan_buckets`: fewer shapes for XLA).
     """
     ds = _examples(tokenizer, texts, targets)
     if shuffle:
         ds = ds.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
-    ds = _batches(ds, tokenizer, batch_size, _buckets(tokenizer, texts, batch_size, bucket))
+    ds = _batches(ds, tokenizer, batch_size, _buckets(tokenizer, texts, batch_size, bucket, pads))
     if targets is None:
         ds = ds.map(lambda x, _: x)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def make_stream(tokenizer: WordPieceTokenizer, texts: list[str], targets, batch_size: int, seed: int, bucket: bool,
-                first_epoch: int, epochs: int) -> tf.data.Dataset:
+                first_epoch: int, epochs: int, pads: list[int] | None = None) -> tf.data.Dataset:
     """The training batches of epochs `first_epoch` to `epochs - 1`, back to back.
 
     Epoch e's order depends only on (seed, e), not on how many epochs this process iterated
     before, so a run resumed at epoch e trains on the batches an uninterrupted one would.
     """
-    examples, buckets = _examples(tokenizer, texts, targets), _buckets(tokenizer, texts, batch_size, bucket)
+    examples, buckets = _examples(tokenizer, texts, targets), _buckets(tokenizer, texts, batch_size, bucket, pads)
     shuffled = lambda e: examples.shuffle(len(texts), seed=seed * 1_000_003 + e, reshuffle_each_iteration=False)
     parts = [_batches(shuffled(e), tokenizer, batch_size, buckets) for e in range(first_epoch, max(epochs, first_epoch + 1))]
     return functools.reduce(tf.data.Dataset.concatenate, parts).prefetch(tf.data.AUTOTUNE)
 
 
-def batch_count(tokenizer: WordPieceTokenizer, texts: list[str], batch_size: int, bucket: bool = True) -> int:
+def batch_count(tokenizer: WordPieceTokenizer, texts: list[str], batch_size: int, bucket: bool = True,
+                pads: list[int] | None = None) -> int:
     """Batches in one epoch of `texts` (what `make_dataset` and each epoch of `make_stream` give)."""
-    return _buckets(tokenizer, texts, batch_size, bucket)[1]
+    return _buckets(tokenizer, texts, batch_size, bucket, pads)[1]
 
 
 def _examples(tokenizer: WordPieceTokenizer, texts: list[str], targets) -> tf.data.Dataset:
@@ -207,12 +249,13 @@ def _examples(tokenizer: WordPieceTokenizer, texts: list[str], targets) -> tf.da
     return ds.cache()
 
 
-def _buckets(tokenizer: WordPieceTokenizer, texts: list[str], batch_size: int, bucket: bool) -> tuple[list[int] | None, int]:
+def _buckets(tokenizer: WordPieceTokenizer, texts: list[str], batch_size: int, bucket: bool,
+             pads: list[int] | None = None) -> tuple[list[int] | None, int]:
     """(bucket boundaries or None for no bucketing, batches an epoch), from the texts' token lengths."""
     if not bucket:
         return None, math.ceil(len(texts) / batch_size)
     lengths = np.array([min(n, tokenizer.max_length) for n in tokenizer.lengths(texts)])
-    return _bucket_sizes(lengths, tokenizer.max_length, batch_size)
+    return _bucket_sizes(lengths, tokenizer.max_length, batch_size, pads)
 
 
 def _batches(ds: tf.data.Dataset, tokenizer: WordPieceTokenizer, batch_size: int, buckets: tuple) -> tf.data.Dataset:

@@ -44,6 +44,10 @@ CACHE_VERSION = 1
 # XLA allocates a train step's buffers at once; where that would take over this share of the memory
 # free, its candidates are not tried (an XLA step asked for 10.6 GiB at 512 tokens and the process died).
 XLA_MEMORY_SHARE = 0.25
+# With XLA every batch shape is compiled twice: for the training step and for the validation pass. The
+# probe times the first; a default teacher's first epoch on a 2-core AVX2 machine paid 79 s a shape
+# (8 shapes) against the probe's 42.7 s train-step compile.
+COMPILES_PER_SHAPE = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,30 +101,43 @@ def safe(figure: dict, reference: dict) -> str | None:
     return None
 
 
-def estimated_seconds(figure: dict, train_steps: int | None, compile_shapes: int = 1) -> float:
-    """What the run would spend training with this candidate: its steps, plus XLA's compile for every batch shape."""
+def estimated_seconds(figure: dict, train_steps: int | None, plan: Callable[[float], object] | None = None) -> tuple[float, list[int] | None]:
+    """What the run would spend training with this candidate, and the padded lengths it would train on.
+
+    Without XLA: its steps and one trace. With XLA every batch shape is a compile (two: training and
+    validation, COMPILES_PER_SHAPE); `plan` (given that cost in steps) picks padded lengths that trade a little padding for fewer shapes
+    (`tfkit.preprocess.plan_buckets`), and the estimate is its steps, their extra padding and its
+    compiles. None for the lengths means the default buckets (or one shape, without `plan`).
+    """
+    step, compile_ = figure["step_seconds"], figure["compile_seconds"]
     if not train_steps:
-        return figure["step_seconds"]
-    shapes = compile_shapes if figure["jit"] == "on" else 1  # without XLA a new shape costs no compile
-    return train_steps * figure["step_seconds"] + shapes * figure["compile_seconds"]
+        return step, None
+    if figure["jit"] != "on":
+        return train_steps * step + compile_, None
+    per_shape = COMPILES_PER_SHAPE * compile_
+    if plan is None:
+        return train_steps * step + per_shape, None
+    buckets = plan(per_shape / step)
+    return train_steps * step * buckets.work + buckets.shapes * per_shape, buckets.pads
 
 
-def pick(figures: list[dict], train_steps: int | None = None, compile_shapes: int = 1) -> dict:
-    """The fastest numerically safe candidate: `{"precision", "jit"}`, with every figure annotated.
+def pick(figures: list[dict], train_steps: int | None = None, plan: Callable[[float], object] | None = None) -> dict:
+    """The fastest numerically safe candidate: `{"precision", "jit", "pads"}`, with every figure annotated.
 
     The reference is the first figure (float32, XLA off, where it was tried). Faster means fewer
-    estimated training seconds when `train_steps` is known (XLA's compiles included), else a
-    shorter step; ties go to the earlier candidate. If none is safe, the reference is used.
+    estimated training seconds when `train_steps` is known (XLA's compiles included, over the
+    batch shapes `plan` chose for it), else a shorter step; ties go to the earlier candidate. If
+    none is safe, the reference is used.
     """
     reference = figures[0]
     annotated = []
     for figure in figures:
         why = safe(figure, reference)
-        seconds = None if figure.get("skipped") else estimated_seconds(figure, train_steps, compile_shapes)
-        annotated.append({**figure, "unsafe": why, "estimated_seconds": seconds})
+        seconds, pads = (None, None) if figure.get("skipped") else estimated_seconds(figure, train_steps, plan)
+        annotated.append({**figure, "unsafe": why, "estimated_seconds": seconds, "pads": pads})
     usable = [f for f in annotated if f["unsafe"] is None] or annotated[:1]
     best = min(usable, key=lambda f: f["estimated_seconds"])  # min keeps the first of equals
-    return {"precision": best["precision"], "jit": best["jit"], "candidates": annotated,
+    return {"precision": best["precision"], "jit": best["jit"], "pads": best["pads"], "candidates": annotated,
             "none_safe": not any(f["unsafe"] is None for f in annotated)}
 
 
@@ -263,7 +280,7 @@ def store(key: dict, figures: list[dict], seconds: float) -> Path:
 
 
 def choose(precision: str, jit: str, key: Callable[[list[Candidate]], dict],
-           run_probe: Callable[[list[Candidate]], list[dict]], train_steps: int, compile_shapes: int = 1,
+           run_probe: Callable[[list[Candidate]], list[dict]], train_steps: int, plan: Callable[[float], object] | None = None,
            bf16_fast: bool | None = None, static: str | None = None) -> dict:
     """The precision and jit a run trains with, and how they were chosen (saved in config.json as `probe`).
 
@@ -273,7 +290,8 @@ def choose(precision: str, jit: str, key: Callable[[list[Candidate]], dict],
         run_probe: measures a list of candidates (`measure` with the run's model and batches).
         train_steps: the run's optimizer steps; a run shorter than PAYBACK x the probe's steps is not probed
             (`auto` is then float32 and XLA off: the safe choice, and speed matters little in a short run).
-        compile_shapes: the run's distinct batch shapes (XLA compiles each).
+        plan: the run's padded lengths for an XLA candidate, given its compile cost in steps
+            (`tfkit.preprocess.plan_buckets`); None where every batch has one shape.
         bf16_fast: whether bf16 is worth trying (default: `devices.bf16_hardware()`).
         static: why this run must not probe (then `auto` takes the static choice, as for a short run).
     """
@@ -282,7 +300,7 @@ def choose(precision: str, jit: str, key: Callable[[list[Candidate]], dict],
     bf16_fast = bf16_hardware() if bf16_fast is None else bf16_fast
     cands, note = candidates(precision, jit, bf16_fast)
     record = {"asked": {"precision": precision, "jit": jit}, "bf16_note": note, "train_steps": train_steps,
-              "compile_shapes": compile_shapes, "probe_seconds": 0.0}
+              "pads": None, "probe_seconds": 0.0}
     if len(cands) == 1:
         how = "explicit" if "auto" not in (precision, jit) else "the only candidate"
         return {**record, "precision": cands[0].precision, "jit": cands[0].jit, "how": how}
@@ -300,7 +318,7 @@ def choose(precision: str, jit: str, key: Callable[[list[Candidate]], dict],
         cost = time.perf_counter() - start
         store(cache_key_, figures, cost)
         how = "measured"
-    choice = pick(figures, train_steps, compile_shapes)
+    choice = pick(figures, train_steps, plan)
     return {**record, **choice, "how": how, "probe_seconds": cost, "cache": str(cache_file(cache_key_)),
             "cached_probe_seconds": cached.get("probe_seconds") if cached else None}
 
@@ -311,8 +329,8 @@ def probe_texts(batch_size: int, available: int) -> int:
 
 
 def decide(config, kind: str, model: dict, max_length: int, make_model: Callable[[Candidate], object],
-           probe_data: Callable[[], object], train_steps: int, compile_shapes: int = 1, static: str | None = None,
-           **key_more) -> dict:
+           probe_data: Callable[[], object], train_steps: int, plan: Callable[[float], object] | None = None,
+           static: str | None = None, **key_more) -> dict:
     """`choose` for a training run: keyed by its model, batch size, max length and devices; logged in one line.
 
     Args:
@@ -336,7 +354,7 @@ def decide(config, kind: str, model: dict, max_length: int, make_model: Callable
         return [figures.get((c.precision, c.jit)) or not_tried(c, skip) for c in cands]
 
     key = lambda cands: cache_key(kind, model, config.batch_size, max_length, cands, devices=config.devices, **key_more)
-    record = choose(config.precision, config.jit, key, run_probe, train_steps, compile_shapes, static=static)
+    record = choose(config.precision, config.jit, key, run_probe, train_steps, plan, static=static)
     log.info("%s: %s", kind, describe(record))
     return record
 
@@ -361,6 +379,8 @@ def describe(record: dict) -> str:
     else:
         cost = f"probe skipped (it took {record.get('cached_probe_seconds') or 0:.0f} s when measured)"
     line += f", {cost}; cache {record['cache']}): " + "; ".join(parts)
+    if record.get("pads"):
+        line += f"; XLA batches padded to {', '.join(map(str, record['pads']))} (chosen against its compile time)"
     if record.get("none_safe"):
         line += "; no candidate was numerically safe: training with the reference"
     return line + (f"; {record['bf16_note']}" if record.get("bf16_note") else "")

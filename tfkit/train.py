@@ -28,8 +28,8 @@ from tfkit.errors import TfkitError
 from tfkit import probe
 from tfkit.loop import Schedule, compile_model, fit_model, verbosity
 from tfkit.resume import check_resume, remove_resume, resume_dir, run_settings
-from tfkit.preprocess import (WordPieceTokenizer, batch_shapes, choose_max_length, choose_truncation, length_report,
-                              make_dataset, make_stream)
+from tfkit.preprocess import (WordPieceTokenizer, batch_count, choose_max_length, choose_truncation, length_report,
+                              make_dataset, make_stream, plan_buckets)
 
 log = logging.getLogger("tfkit")
 
@@ -142,23 +142,26 @@ def build(config: TrainConfig, splits: Splits, precision: str, strategy=None, pr
         if report["truncated"]:
             log.info("truncation %s (%s): a longer text keeps its first %d word pieces%s", truncation, why, tokenizer.head,
                      f" and its last {max_length - 2 - tokenizer.head}" if truncation == "head+tail" else "")
-        train_ds = make_dataset(tokenizer, splits.train.texts, splits.train.labels, config.batch_size,
-                                shuffle=True, seed=config.seed, bucket=config.bucket)
-        val_ds = make_dataset(tokenizer, splits.val.texts, splits.val.labels, config.batch_size, bucket=config.bucket)
         epochs, patience, why = training_length(len(splits.train), config.batch_size, config.epochs, config.patience)
-        stream = functools.partial(make_stream, tokenizer, splits.train.texts, splits.train.labels, config.batch_size,
-                                   config.seed, config.bucket, epochs=epochs)
         log.info("training length: %s; early stopping after %d epoch(s) without a better validation macro-F1", why, patience)
-        steps = epochs * int(train_ds.cardinality())
+        steps = epochs * batch_count(tokenizer, splits.train.texts, config.batch_size, config.bucket)
         shape = {k: getattr(backbone, k) for k in ("num_layers", "hidden_dim", "num_heads", "intermediate_dim", "vocabulary_size")}
         texts = probe.probe_texts(config.batch_size, len(splits.train))
+        plan = functools.partial(plan_buckets, lengths, max_length, epochs, batch_size=config.batch_size)
         speed = probe.decide(
             config, "teacher", {**shape, "classes": classes, "frozen": config.freeze_backbone}, max_length,
             make_model=lambda c: classifier(c.precision, c.jit, steps, 0.0),
             probe_data=lambda: make_dataset(tokenizer, splits.train.texts[:texts], splits.train.labels[:texts],
                                             config.batch_size, shuffle=True, seed=config.seed, bucket=config.bucket),
-            train_steps=steps, compile_shapes=batch_shapes(lengths, max_length, config.bucket), bucket=config.bucket,
+            train_steps=steps, plan=plan if config.bucket else None, bucket=config.bucket,
             static=None if probe_speed else "several workers take the static choice (they must agree)")
+        pads = speed["pads"]
+        train_ds = make_dataset(tokenizer, splits.train.texts, splits.train.labels, config.batch_size,
+                                shuffle=True, seed=config.seed, bucket=config.bucket, pads=pads)
+        val_ds = make_dataset(tokenizer, splits.val.texts, splits.val.labels, config.batch_size, bucket=config.bucket, pads=pads)
+        stream = functools.partial(make_stream, tokenizer, splits.train.texts, splits.train.labels, config.batch_size,
+                                   config.seed, config.bucket, epochs=epochs, pads=pads)
+        steps = epochs * int(train_ds.cardinality())
         keras.utils.set_random_seed(config.seed)  # the same training whether the probe ran, was cached or skipped
         model = classifier(speed["precision"], speed["jit"], steps, config.warmup_ratio)
     resolved = dataclasses.replace(config, pretrained=pretrained, max_length=max_length, truncation=truncation,
