@@ -295,9 +295,9 @@ def test_bf16_training_of_a_tiny_model_stays_close_to_float32(tiny_checkpoint, s
 def test_a_bf16_student_is_recorded_and_its_export_verifies(quick_probe, trained_teacher, tmp_path, monkeypatch):
     import tfkit.devices
     from tfkit.distill import distill
+    from tfkit.export import export
 
     monkeypatch.setattr(tfkit.devices, "bf16_hardware", lambda: True)  # bf16 is probed on any CPU (emulated: still right)
-    from tfkit.export import export
 
     fixed = DistillConfig(teacher=str(trained_teacher), layers=1, epochs=1, learning_rate=3e-3,
                           precision="mixed_bfloat16", jit="off")

@@ -104,10 +104,11 @@ def safe(figure: dict, reference: dict) -> str | None:
 def estimated_seconds(figure: dict, train_steps: int | None, plan: Callable[[float], object] | None = None) -> tuple[float, list[int] | None]:
     """What the run would spend training with this candidate, and the padded lengths it would train on.
 
-    Without XLA: its steps and one trace. With XLA every batch shape is a compile (two: training and
-    validation, COMPILES_PER_SHAPE); `plan` (given that cost in steps) picks padded lengths that trade a little padding for fewer shapes
-    (`tfkit.preprocess.plan_buckets`), and the estimate is its steps, their extra padding and its
-    compiles. None for the lengths means the default buckets (or one shape, without `plan`).
+    Without XLA: its steps and one trace. With XLA every batch shape is compiled COMPILES_PER_SHAPE
+    times (training and validation); `plan`, given that cost in steps, picks padded lengths that trade
+    a little padding for fewer shapes (`tfkit.preprocess.plan_buckets`), and the estimate is its
+    steps, their extra padding and its compiles. None for the lengths means the default buckets (or
+    one shape, without `plan`).
     """
     step, compile_ = figure["step_seconds"], figure["compile_seconds"]
     if not train_steps:
