@@ -8,10 +8,14 @@ warm-up pass that meets every bucket shape (its time, which includes tracing and
 compiles, is reported too), then `--steps` timed batches; the configurations run `--repeats`
 times, interleaved, and the median is reported. Where the PyTorch route's virtualenv exists
 (`../shared/peer/setup.sh`), its `train_hf.py` runs in the same loop (`peer-*` configurations)
-and `peak.py` measures the matmul peak that compute efficiency is judged against.
+and `peak.py` measures the matmul peak that compute efficiency is judged against. The `levers`
+group changes one thing at a time against bf16 (steps_per_execution, inter-op threads, a free
+optimizer, the input cached in memory or on its own thread, tf.data's autotuner back on), and
+every teacher row also times two validation passes (the first traces) against its epoch.
 
     python benchmarks/train_speed.py --steps 30 --repeats 2 --out benchmarks/results/train_speed.json
     python benchmarks/train_speed.py --configs probe --steps 30 --repeats 1 --out benchmarks/results/train_speed_probe.json
+    python benchmarks/train_speed.py --configs levers --steps 40 --repeats 2 --out benchmarks/results/train_speed_levers.json
 """
 
 from __future__ import annotations
@@ -46,13 +50,25 @@ CONFIGS = {
     "student+bf16+xla": dict(student=True, precision="mixed_bfloat16", jit="on"),
     "student-auto": dict(student=True, precision="auto", jit="auto", cache="fresh"),
     "student-auto-cached": dict(student=True, precision="auto", jit="auto", cache="student-auto"),
+    # the rest of the step (each against bucketed+bf16, what the probe picks on a CPU with bf16):
+    "bucketed+bf16+spe-8": dict(bucket=True, precision="mixed_bfloat16", steps_per_execution=8),
+    "bucketed+bf16+inter-op-1": dict(bucket=True, precision="mixed_bfloat16", inter_op=1),
+    "bucketed+bf16+sgd": dict(bucket=True, precision="mixed_bfloat16", optimizer="sgd"),  # a free optimizer: a fused AdamW's ceiling
+    "bucketed+bf16+input-in-memory": dict(bucket=True, precision="mixed_bfloat16", input="memory"),  # tf.data's ceiling
+    "bucketed+bf16+input-own-thread": dict(bucket=True, precision="mixed_bfloat16", input="own-thread"),  # tf.data off the inter-op pool
+    "bucketed+bf16+inter-op-4": dict(bucket=True, precision="mixed_bfloat16", inter_op=4),
+    "bucketed+bf16+autotune": dict(bucket=True, precision="mixed_bfloat16", input="autotune"),  # tf.data's autotuner back on
     "peer-fp32": dict(peer=[]),  # the PyTorch route, length-grouped, float32
     "peer-bf16": dict(peer=["--bf16"]),  # ... with bf16 autocast
 }
+LEVERS = {"steps_per_execution", "inter_op", "optimizer", "input"}  # set around `build`, not TrainConfig fields
 DEFAULT = ["fixed-64", "bucketed", "bucketed+bf16", "bucketed+2-devices", "bucketed+2-devices+tf-default-threads"]
 GROUPS = {"probe": ["bucketed", "bucketed+xla", "bucketed+bf16", "bucketed+bf16+xla", "auto", "auto-cached",
                     "student", "student+bf16", "student-auto", "student-auto-cached", "peer-fp32", "peer-bf16"],
-          "student-xla": ["student+xla", "student+bf16+xla"]}
+          "student-xla": ["student+xla", "student+bf16+xla"],
+          "levers": ["bucketed+bf16", "bucketed+bf16+spe-8", "bucketed+bf16+inter-op-1", "bucketed+bf16+sgd",
+                     "bucketed+bf16+input-in-memory", "bucketed+bf16+input-own-thread", "bucketed+bf16+inter-op-4",
+                     "bucketed+bf16+autotune"]}
 
 
 def teacher_run(options: dict):
@@ -63,7 +79,7 @@ def teacher_run(options: dict):
     splits, precision = prepare(config)
     start = time.perf_counter()
     run = build(config, splits, precision)
-    return run.model, run.train_ds, run.config, time.perf_counter() - start, non_embedding_parameters(run.model)
+    return run.model, run.train_ds, run.val_ds, run.config, time.perf_counter() - start, non_embedding_parameters(run.model)
 
 
 def student_run(options: dict):
@@ -101,7 +117,7 @@ def student_run(options: dict):
     speed = student_speed(config, tokenizer, data, targets, shape, False, compiled, steps, len(teacher.labels))
     model, student = compiled(speed["precision"], speed["jit"], config.warmup_ratio)
     resolved = dataclasses.replace(config, precision=speed["precision"], jit=speed["jit"], probe=speed)
-    return model, train_ds, resolved, time.perf_counter() - start, non_embedding_parameters(student)
+    return model, train_ds, None, resolved, time.perf_counter() - start, non_embedding_parameters(student)
 
 
 def non_embedding_parameters(model) -> int:
@@ -115,22 +131,51 @@ def tfkit_config(name: str, steps: int) -> dict:
     threads = options.pop("threads", None)
     options.pop("cache", None)
     student = options.pop("student", False)
+    levers = {k: options.pop(k) for k in LEVERS if k in options}
+    import tensorflow as tf
+
     from tfkit.devices import configure_devices
 
+    if "inter_op" in levers:
+        tf.config.threading.set_inter_op_parallelism_threads(levers["inter_op"])
     configure_devices(options.get("devices", 1), threads)
-    model, train_ds, config, build_seconds, parameters = (student_run if student else teacher_run)(options)
+    model, train_ds, val_ds, config, build_seconds, parameters = (student_run if student else teacher_run)(options)
+    model.steps_per_execution = levers.get("steps_per_execution", 1)
+    if levers.get("optimizer") == "sgd":
+        import keras
+
+        model.optimizer = keras.optimizers.SGD(learning_rate=1e-6)
+    if levers.get("input") in ("own-thread", "autotune"):
+        options = tf.data.Options()
+        if levers["input"] == "own-thread":  # tf.data's work on a thread of its own, not the inter-op pool the step uses
+            options.threading.private_threadpool_size = 1
+        else:  # as before tfkit turned it off (`tfkit.preprocess`)
+            options.autotune.enabled = True
+        train_ds = train_ds.with_options(options)
+        val_ds = val_ds if val_ds is None else val_ds.with_options(options)
     warm_steps = len(train_ds) // 8  # shuffled: meets every bucket shape
     start = time.perf_counter()
     model.fit(train_ds.take(warm_steps), epochs=1, verbose=0)
     warm_seconds = time.perf_counter() - start
     timed = train_ds.repeat().skip(warm_steps).take(steps)
+    if levers.get("input") == "memory":  # batches made before the clock starts: no tf.data work in the timed steps
+        timed = timed.cache()
     tokens = sum(int(x["token_ids"].shape[0] * x["token_ids"].shape[1]) for x, _ in timed)
     start = time.perf_counter()
     model.fit(timed, epochs=1, verbose=0)
     seconds = time.perf_counter() - start
     examples = steps * config.batch_size
     record = config.probe or {}
-    return {"config": name, "precision": config.precision, "jit": config.jit, "steps": steps, "seconds": seconds,
+    evaluation = {}
+    if val_ds is not None:  # what validation costs an epoch: the first pass traces, the second is the steady cost
+        for key in ("eval_first_seconds", "eval_seconds"):
+            start = time.perf_counter()
+            model.evaluate(val_ds, verbose=0)
+            evaluation[key] = time.perf_counter() - start
+        epoch = len(train_ds) * config.batch_size / (examples / seconds)
+        evaluation.update(eval_batches=len(val_ds), epoch_train_seconds_at_this_rate=epoch,
+                          eval_share_of_epoch=evaluation["eval_seconds"] / (epoch + evaluation["eval_seconds"]))
+    return {**levers, **evaluation, "config": name, "precision": config.precision, "jit": config.jit, "steps": steps, "seconds": seconds,
             "examples_per_second": examples / seconds, "padded_tokens_per_example": tokens / examples,
             "non_embedding_parameters": parameters, "warmup_steps": warm_steps, "warmup_seconds": warm_seconds,
             "build_seconds": build_seconds, "probe_how": record.get("how"), "probe_seconds": record.get("probe_seconds"),
@@ -230,12 +275,17 @@ def main() -> None:
         subprocess.run([str(PEER_PYTHON), "peak.py", f"{scratch}/peak.json"], cwd=PEER, check=True, capture_output=True)
         peak = json.loads(Path(f"{scratch}/peak.json").read_text())
     results = [{**runs[0], "examples_per_second": statistics.median(r["examples_per_second"] for r in runs),
-                "samples": [r["examples_per_second"] for r in runs]} for runs in samples.values() if runs]
+                "samples": [r["examples_per_second"] for r in runs],
+                "sample_eval_seconds": [r.get("eval_seconds") for r in runs]} for runs in samples.values() if runs]
     efficiency(results, peak)
     rate = {r["config"]: r["examples_per_second"] for r in results}
     for r in results:
         base = "student" if r["config"].startswith("student") else "bucketed"
         r["ratio_vs_" + base] = r["examples_per_second"] / rate[base] if base in rate else None
+        parent = r["config"].rsplit("+", 1)[0]
+        if LEVERS & r.keys() and parent in rate:  # a lever row: against the same row without it
+            r["ratio_vs_" + parent] = r["examples_per_second"] / rate[parent]
+            base = parent
         share = f"  {100 * r['of_peak']:.0f}% of peak" if r.get("of_peak") else ""
         print(f"median {r['config']:33s} {r['examples_per_second']:7.1f} examples/s"
               + (f"  {r['ratio_vs_' + base]:.2f}x {base}" if r["ratio_vs_" + base] else "") + share)

@@ -7,7 +7,7 @@ import tensorflow as tf
 from tests.conftest import VOCAB
 from tfkit.errors import TfkitError
 from tfkit.preprocess import (BucketPlan, WordPieceTokenizer, batch_count, choose_max_length, default_pads, make_dataset,
-                              plan_buckets, read_vocab)
+                              make_stream, plan_buckets, read_vocab)
 
 TEXTS = ["good film", "", "   ", "The CAFÉ was awful.", "zzz qqq", "good " * 40]
 
@@ -46,6 +46,17 @@ def test_bucketed_dataset_keeps_every_example_once():
     assert sorted(seen) == list(range(50))
     assert widths <= {8, 16, 24} and len(widths) > 1
     assert ds.cardinality() == sum(1 for _ in ds)
+
+
+def test_datasets_run_without_the_tf_data_autotuner():
+    """Its sleeping thread made iterators' ends wait up to 10.24 s (benchmarks/README.md, "The rest of the step")."""
+    tok = WordPieceTokenizer(VOCAB, max_length=24)
+    texts, labels = ["good film", "bad", "good bad film"] * 4, np.arange(12) % 2
+    datasets = [make_dataset(tok, texts, labels, batch_size=4, shuffle=True), make_dataset(tok, texts, batch_size=4),
+                make_stream(tok, texts, labels, 4, seed=0, bucket=True, first_epoch=0, epochs=2)]
+    for ds in datasets:
+        assert ds.options().autotune.enabled is False
+        assert sum(1 for _ in ds) == (6 if ds is datasets[2] else 3)
 
 
 def test_planned_pads_trade_padding_for_fewer_shapes():

@@ -216,7 +216,7 @@ def make_dataset(
     ds = _batches(ds, tokenizer, batch_size, _buckets(tokenizer, texts, batch_size, bucket, pads))
     if targets is None:
         ds = ds.map(lambda x, _: x)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _prefetched(ds)
 
 
 def make_stream(tokenizer: WordPieceTokenizer, texts: list[str], targets, batch_size: int, seed: int, bucket: bool,
@@ -229,7 +229,20 @@ def make_stream(tokenizer: WordPieceTokenizer, texts: list[str], targets, batch_
     examples, buckets = _examples(tokenizer, texts, targets), _buckets(tokenizer, texts, batch_size, bucket, pads)
     shuffled = lambda e: examples.shuffle(len(texts), seed=seed * 1_000_003 + e, reshuffle_each_iteration=False)
     parts = [_batches(shuffled(e), tokenizer, batch_size, buckets) for e in range(first_epoch, max(epochs, first_epoch + 1))]
-    return functools.reduce(tf.data.Dataset.concatenate, parts).prefetch(tf.data.AUTOTUNE)
+    return _prefetched(functools.reduce(tf.data.Dataset.concatenate, parts))
+
+
+def _prefetched(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Two batches prefetched, with tf.data's autotuner off.
+
+    The pipeline has nothing to tune (batches are padded slices of a cache), and the autotuner's
+    thread, which sleeps up to 10.24 s between wake-ups, made an iterator's end wait for it:
+    measured on 2 cores, fits and validation passes stalled with no CPU in use, their wall time
+    rounded up to a multiple of 10.24 s (a 5 s validation pass took 10.3 s; benchmarks/README.md).
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(2).with_options(options)
 
 
 def batch_count(tokenizer: WordPieceTokenizer, texts: list[str], batch_size: int, bucket: bool = True,
