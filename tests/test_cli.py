@@ -182,6 +182,7 @@ def test_the_noise_filter_keeps_everything_else():
     assert is_noise("I0000 00:00:1796155538.429706    7878 cudart_stub.cc:31] Could not find cuda drivers\n")
     assert is_noise("E0000 00:00:1796155368.088072    3734 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n")
     assert is_noise("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+    assert is_noise("WARNING: Logging before InitGoogle() is written to STDERR\n")
     assert not is_noise("E0000 00:00:1796155368.088072    3734 op_kernel.cc:1857] OP_REQUIRES failed at matmul\n")
     assert not is_noise("Traceback (most recent call last):\n") and not is_noise("tfkit: error: x\n")
     assert not is_noise("UserWarning: something the user should see\n")

@@ -110,6 +110,17 @@ def test_mediapipe_token_ids_are_read_from_its_own_tokenizer(exported, classifie
 
 
 @needs_mediapipe
+def test_mediapipe_starts_without_native_noise_on_stderr(exported):
+    """A fresh process: MediaPipe's graph start logs glog's pre-init notice, a feedback-manager warning and XNNPACK's line."""
+    out, _ = exported
+    script = ("import sys; from tfkit import quiet; quiet.start_tensorflow(); from tfkit.runtimes import MediaPipe; "
+              "m = MediaPipe(sys.argv[1]); m.predict(['a good film']); m.token_ids(['a good film']); m.close()")
+    done = subprocess.run([sys.executable, "-c", script, str(out / FILE)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-800:]
+    assert done.stderr == ""
+
+
+@needs_mediapipe
 def test_fixed_length_float32_file_matches_keras_to_float32_precision(trained_teacher, classifier, tmp_path):
     """Padding to [1, L] changes nothing but float noise: the float32 variant meets the fp32 gate's 1e-4."""
     builder = Builder(classifier, tmp_path, [])

@@ -20,6 +20,7 @@ import tempfile
 # pre-init notice, and the GPU probe's complaints on a CPU-only machine.
 NOISE = re.compile(
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
+    r"|WARNING: Logging before InitGoogle\(\) is written to STDERR$"  # glog's notice (MediaPipe's graph start)
     r"|[IW]\d{4} \d\d:\d\d:[\d.]+\s+\d+ [\w.]+:\d+\] "
     r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.$"
     r"|E\d{4} \d\d:\d\d:[\d.]+\s+\d+ (cuda_\w+|cuda_platform)\.cc:\d+\] .*(cuInit|CUDA)"

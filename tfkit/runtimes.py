@@ -152,9 +152,12 @@ class MediaPipe(Runtime):
         from mediapipe.tasks.python.core.base_options import BaseOptions
         from mediapipe.tasks.python.text import text_classifier
 
+        from tfkit.quiet import filtered_native_stderr
+
         options = text_classifier.TextClassifierOptions(base_options=BaseOptions(**source), max_results=-1)
         try:
-            return text_classifier.TextClassifier.create_from_options(options)
+            with filtered_native_stderr():  # its graph's start: glog's pre-init notice, the feedback manager, XNNPACK
+                return text_classifier.TextClassifier.create_from_options(options)
         except (ValueError, RuntimeError, OSError, IndexError) as e:  # what MediaPipe maps its C++ status codes to
             raise TfkitError(f"{self.path.name}: MediaPipe's TextClassifier cannot load it: {str(e).splitlines()[0][:300]}") from None
 
