@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -24,7 +23,8 @@ def main() -> None:
     args = parser.parse_args()
     import tensorflow as tf
 
-    from tfkit.devices import configure_devices, cpu_flags, cpu_model
+    from tfkit.bench import machine
+    from tfkit.devices import configure_devices
 
     configure_devices(1, None)
     model, _, val_ds, *_ = train_speed.teacher_run(dict(bucket=True, precision="mixed_bfloat16"))
@@ -45,8 +45,7 @@ def main() -> None:
         batches = sum(1 for _ in ds)
         input_only[name] = time.perf_counter() - start
     result = {"command": f"python benchmarks/eval_autotune.py --passes {args.passes} --out {args.out}",
-              "cpu": cpu_model(), "cpu_flags": sorted({"avx512_bf16", "amx_bf16", "avx2", "avx512f"} & cpu_flags()),
-              "machine": platform.machine(), "batches": batches,
+              "machine": machine(), "batches": batches,
               "eval_seconds": seconds, "input_only_seconds": input_only}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
