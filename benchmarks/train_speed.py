@@ -146,13 +146,13 @@ def tfkit_config(name: str, steps: int) -> dict:
 
         model.optimizer = keras.optimizers.SGD(learning_rate=1e-6)
     if levers.get("input") in ("own-thread", "autotune"):
-        options = tf.data.Options()
+        data_options = tf.data.Options()
         if levers["input"] == "own-thread":  # tf.data's work on a thread of its own, not the inter-op pool the step uses
-            options.threading.private_threadpool_size = 1
+            data_options.threading.private_threadpool_size = 1
         else:  # as before tfkit turned it off (`tfkit.preprocess`)
-            options.autotune.enabled = True
-        train_ds = train_ds.with_options(options)
-        val_ds = val_ds if val_ds is None else val_ds.with_options(options)
+            data_options.autotune.enabled = True
+        train_ds = train_ds.with_options(data_options)
+        val_ds = val_ds if val_ds is None else val_ds.with_options(data_options)
     warm_steps = len(train_ds) // 8  # shuffled: meets every bucket shape
     start = time.perf_counter()
     model.fit(train_ds.take(warm_steps), epochs=1, verbose=0)
