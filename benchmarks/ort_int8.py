@@ -1,9 +1,10 @@
 """Which ONNX Runtime int8: quantization variants of one float32 export, timed back to back.
 
-Each variant is the export's `model.onnx` quantized by `onnxruntime.quantization.quantize_dynamic`
-(int8 weights, uint8 activations quantized at run time) after `onnx_graph.gemm_as_matmul`, with
-tfkit's set of float32 projections (`onnx_graph.risky_projections`) and the sets around it, and
-per-tensor weight scales; with `--static`, also `quantize_static` (QDQ, per-channel int8 weights,
+tfkit's int8 (`onnx_graph.quantize_int8`: every projection int8, activations with a scale per token)
+against the export's `model.onnx` quantized by `onnxruntime.quantization.quantize_dynamic`
+(int8 weights, uint8 activations with one scale per tensor, quantized at run time) after
+`onnx_graph.gemm_as_matmul`, with tfkit's former set of float32 projections (`risky_projections`)
+and the sets around it, and per-tensor weight scales; with `--static`, also `quantize_static` (QDQ, per-channel int8 weights,
 uint8 activations with scales calibrated on 320 validation texts: min-max, the 99.99th percentile,
 entropy). Reports label agreement with float32 on the test texts, in the gate's
 length-sorted batches of 32 (it needs 99%) and one text at a time,
@@ -25,6 +26,38 @@ from pathlib import Path
 import numpy as np
 
 
+def risky_projections(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
+    """tfkit's float32 set under per-tensor scales: MatMul name -> (input, e.g. `transformer_layer_0 feedforward_output`).
+
+    Every layer's feed-forward and attention outputs, and the first layer's feed-forward input.
+
+    tf2onnx names a Tensordot's MatMul by its Keras scope; an EinsumDense's Gemm only by a counter,
+    so its scope is read from the node that feeds it (through Reshape/Transpose/Unsqueeze).
+    """
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        scope, source = node.name, node
+        for _ in range(4):
+            if "/" in scope:
+                break
+            source = producer.get(source.input[0])
+            if source is None or source.op_type not in ("Reshape", "Transpose", "Unsqueeze", "Squeeze"):
+                break
+            scope = source.name
+        parts = scope.split("/")
+        layer = next((p.removesuffix("_1") for p in parts if p.startswith("transformer_layer")), None)
+        if layer and node.name == scope and any(p.startswith("feedforward_output") for p in parts):
+            found[node.name] = (node.input[0], f"{layer} feedforward_output")
+        elif layer == "transformer_layer_0" and node.name == scope and any(p.startswith("feedforward_intermediate") for p in parts):
+            found[node.name] = (node.input[0], f"{layer} feedforward_intermediate")
+        elif layer and node.name != scope and any(p.startswith("self_attention_layer") and "norm" not in p for p in parts):
+            found[node.name] = (node.input[0], f"{layer} attention_output")
+    return found
+
+
 def static_variants(model, scratch: Path, calibration: list[dict], max_length: int) -> dict:
     """name -> statically quantized (QDQ) ModelProto, activation scales from `calibration` (batches of model inputs)."""
     import onnx
@@ -43,7 +76,7 @@ def static_variants(model, scratch: Path, calibration: list[dict], max_length: i
     m = onnx_graph.gemm_as_matmul(onnx.ModelProto.FromString(model.SerializeToString()))
     source = scratch / "static_in.onnx"
     onnx.save(m, source)
-    tfkit_set = list(onnx_graph.risky_projections(m))
+    tfkit_set = list(risky_projections(m))
 
     def quantize(name, method, exclude=(), **extra):
         target = scratch / f"static_{name}.onnx"
@@ -75,7 +108,7 @@ def variants(model, scratch: Path) -> dict:
         weights = {i.name for i in m.graph.initializer}
         ffn_in = {n.name: (n.input[0], f"{next(q.removesuffix('_1') for q in n.name.split('/') if q.startswith('transformer_layer'))} feedforward_intermediate") for n in m.graph.node
                   if n.op_type == "MatMul" and "feedforward_intermediate" in n.name and n.input[1] in weights}
-        risky = {**onnx_graph.risky_projections(m), **ffn_in}
+        risky = {**risky_projections(m), **ffn_in}
         keep = [n for n, (_, label) in risky.items() if label in float32({label for _, label in risky.values()})]
         logging.disable(logging.WARNING)
         quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=per_channel, op_types_to_quantize=["MatMul"],
@@ -87,9 +120,10 @@ def variants(model, scratch: Path) -> dict:
     return {"fp32": model,
             "int8, nothing float32": quantize("none", lambda labels: set()),
             "int8, FFN + attention outputs float32": quantize("outputs", outputs),
-            "int8, outputs + layer 0 FFN input float32 (tfkit)": quantize("tfkit", tfkit_set),
+            "int8, outputs + layer 0 FFN input float32 (tfkit before)": quantize("tfkit", tfkit_set),
             "int8, tfkit's set, per-tensor weights": quantize("tensor", tfkit_set, per_channel=False),
-            "int8, outputs + every FFN input float32": quantize("all_ffn", lambda labels: labels)}
+            "int8, outputs + every FFN input float32": quantize("all_ffn", lambda labels: labels),
+            "int8 with a scale per token, nothing float32 (tfkit)": onnx_graph.quantize_int8(model)}
 
 
 def main() -> None:

@@ -182,19 +182,27 @@ def test_gate_names_file_metric_threshold_and_value(exported, classifier, tmp_pa
     assert str(e).startswith(f"model_fp32.tflite: max abs probability difference {e.value:.4g} > threshold 0.0001")
 
 
-def test_onnx_int8_keeps_the_outlier_prone_projections_in_float32(exported):
+def test_onnx_int8_quantizes_every_projection_and_scores_a_text_the_same_in_any_batch(exported, classifier):
+    """Every weight MatMul is int8, and a scale per token means a text's scores do not depend on its batch."""
     import onnx
+    import onnxruntime as ort
 
     from tfkit import onnx_graph
 
     out, _ = exported
-    fp32, int8 = onnx.load(out / "model.onnx"), onnx.load(out / "model_int8.onnx")
-    risky = sorted(label for _, label in onnx_graph.risky_projections(onnx_graph.gemm_as_matmul(fp32)).values())
-    assert risky == sorted([f"transformer_layer_{i} {kind}" for i in range(2) for kind in ("attention_output", "feedforward_output")]
-                           + ["transformer_layer_0 feedforward_intermediate"])
-    # in the int8 file they are still plain float32 MatMuls; the other weight matmuls are int8
-    assert sorted(label for _, label in onnx_graph.risky_projections(int8).values()) == risky
-    assert sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in int8.graph.node) >= 2 * 3 + 1  # Q, K, V; FFN in of layer 1
+    fp32, int8 = onnx_graph.gemm_as_matmul(onnx.load(out / "model.onnx")), onnx.load(out / "model_int8.onnx")
+    constant = lambda m: {i.name for i in m.graph.initializer}
+    projections = [n for n in fp32.graph.node if n.op_type == "MatMul" and n.input[1] in constant(fp32)]
+    assert len(projections) == 2 * 6 + 2  # 2 layers x (Q, K, V, attention output, FFN in, FFN out); pooler, logits
+    assert not [n.name for n in int8.graph.node if n.op_type == "MatMul" and n.input[1] in constant(int8)]
+    assert sum(n.op_type == "MatMulInteger" for n in int8.graph.node) == len(projections)
+
+    session = ort.InferenceSession(str(out / "model_int8.onnx"), providers=["CPUExecutionProvider"])
+    short = {k: v.numpy() for k, v in classifier.tokenizer.encode(["a good film"]).items()}
+    batch = {k: v.numpy() for k, v in classifier.tokenizer.encode(["a good film", "awful " * 40, "GOOD. Superb!"]).items()}
+    alone, together = session.run(["probabilities"], short)[0], session.run(["probabilities"], batch)[0]
+    assert batch["token_ids"].shape[1] > short["token_ids"].shape[1]  # padded in the batch
+    np.testing.assert_allclose(together[0], alone[0], atol=1e-6)
 
 
 def _tf2onnx_layer_norm_and_gelu():

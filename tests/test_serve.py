@@ -74,14 +74,14 @@ def export_dir(exported_teacher):
 
 @pytest.fixture(scope="module")
 def server(export_dir):
-    # float32: dynamic int8 quantizes activations with one scale per run, so its scores move (~1e-3) with the batch
-    s = Server(export_dir, "--format", "onnx", "--max-batch", "8", "--max-wait-ms", "150", "--max-inputs", "8", "--max-chars", "400",
+    # the default file (int8): a scale per token, so a text's scores do not move with the batch it lands in
+    s = Server(export_dir, "--max-batch", "8", "--max-wait-ms", "150", "--max-inputs", "8", "--max-chars", "400",
                "--max-body-bytes", "20000")
     yield s
     s.stop()
 
 
-def reference(export_dir, texts, file="model.onnx"):
+def reference(export_dir, texts, file="model_int8.onnx"):
     """The ONNX file's own probabilities, on ids from the training tokenizer (tensorflow-text)."""
     manifest = json.loads((export_dir / "manifest.json").read_text())
     vocab = (export_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
@@ -94,9 +94,9 @@ def test_server_has_no_tensorflow_and_reports_its_model(server, export_dir):
     about = server.client.get("/info").json()
     manifest = json.loads((export_dir / "manifest.json").read_text())
     assert about["process"]["tensorflow_imported"] is False
-    assert about["file"]["format"] == "onnx" and about["file"]["sha256"] == manifest["files"]["model.onnx"]["sha256"]
+    assert about["file"]["format"] == "onnx-int8" and about["file"]["sha256"] == manifest["files"]["model_int8.onnx"]["sha256"]
     assert about["model"]["labels"] == ["neg", "pos"]
-    assert about["parity"]["max_abs_diff"] == manifest["artifacts"]["onnx"]["max_abs_diff"]
+    assert about["parity"]["max_abs_diff"] == manifest["artifacts"]["onnx-int8"]["max_abs_diff"]
     check = about["tokenizer"]["check"]
     assert check["agreement"] == 1.0 and check["texts"] == manifest["verification"]["texts"] + len(PROBE_TEXTS)
     assert about["batching"]["max_batch"] == 8 and about["limits"]["max_inputs"] == 8

@@ -256,7 +256,7 @@ class Builder:
         import onnx
 
         if fmt.quantize == "dynamic-int8":
-            model = onnx_graph.quantize_int8(self.onnx_fp32, self.scratch)
+            model = onnx_graph.quantize_int8(self.onnx_fp32)
         else:
             model = onnx.ModelProto()
             model.CopyFrom(self.onnx_fp32)

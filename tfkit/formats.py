@@ -48,7 +48,7 @@ FORMATS = {
     "tflite-text-int8": Format("model_text_int8.tflite", "tflite", "dynamic-int8", True,
                                "raw strings in, tokenizer inside, int8 weights"),
     "onnx": Format("model.onnx", "onnx", "none", False, "float32"),
-    "onnx-int8": Format("model_int8.onnx", "onnx", "dynamic-int8", False, "int8 weights (ONNX Runtime dynamic quantization)"),
+    "onnx-int8": Format("model_int8.onnx", "onnx", "dynamic-int8", False, "int8 weights and activations, a scale per token"),
     "onnx-text": Format("model_text.onnx", "onnx", "none", True, "raw strings in, tokenizer inside"),
     mediapipe_export.FORMAT: Format("model_mediapipe.tflite", "mediapipe", "dynamic-int8", True,
                                     "for MediaPipe Tasks' TextClassifier: int8, fixed length, vocab and labels inside"),
