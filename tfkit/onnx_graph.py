@@ -252,9 +252,9 @@ def quantize_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     stay float32 to pass the gate, a batch's texts shared a scale (a text's label could change with its
     batch), and int8 was only ~1.4x float32. A scale per token (per row of the MatMul's input, as
     LiteRT's dynamic-range kernels do) keeps each token's outliers to itself: on a default student,
-    everything int8 agreed with float32 on 99.61% of test texts (tfkit's former file: 99.53%, with
-    7 of 20 projections float32) at 2.3x float32's speed (1.4x), and a text scores the same alone
-    and in any batch; numbers: benchmarks/README.md "int8". Written in standard ONNX ops
+    everything int8 agreed with float32 on 99.61% of test texts at 2.4x float32's speed (the former
+    file, with 7 of 20 projections float32: 99.53% at 1.4x), and a text scores the same alone and in
+    any batch; numbers: benchmarks/README.md "A scale per token". Written in standard ONNX ops
     (ReduceMax, QuantizeLinear, MatMulInteger uint8 x int8 with zero point 128, Cast, Mul), so any
     ONNX runtime runs it; ONNX Runtime's MatMulInteger uses VNNI/AMX where the CPU has them.
     keras-hub's attention projections (EinsumDense) reach ONNX as Gemm; they are rewritten as MatMul first.
