@@ -4,7 +4,8 @@ tfkit's int8 (`onnx_graph.quantize_int8`: every projection int8, activations wit
 against the export's `model.onnx` quantized by `onnxruntime.quantization.quantize_dynamic`
 (int8 weights, uint8 activations with one scale per tensor, quantized at run time) after
 `onnx_graph.gemm_as_matmul`, with tfkit's former set of float32 projections (`risky_projections`)
-and the sets around it, and per-tensor weight scales; with `--static`, also `quantize_static` (QDQ, per-channel int8 weights,
+and the sets around it, and per-tensor weight scales; with `--fusions`, the float32 and tfkit's int8 file after ONNX Runtime's
+transformer optimizer (`optimize_model`, model type `bert_tf`); with `--static`, also `quantize_static` (QDQ, per-channel int8 weights,
 uint8 activations with scales calibrated on 320 validation texts: min-max, the 99.99th percentile,
 entropy). Reports label agreement with float32 on the test texts, in the gate's
 length-sorted batches of 32 (it needs 99%) and one text at a time,
@@ -93,6 +94,25 @@ def static_variants(model, scratch: Path, calibration: list[dict], max_length: i
             "static QDQ, entropy, everything int8": quantize("entropy", CalibrationMethod.Entropy)}
 
 
+def fusion_variants(model, scratch: Path, heads: int, hidden: int) -> dict:
+    """name -> the float32 file and tfkit's int8 file after `onnxruntime.transformers.optimizer` (BERT fusions)."""
+    import onnx
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from tfkit import onnx_graph
+
+    def fused(m, name):
+        source = scratch / f"fusions_{name}.onnx"
+        onnx.save(m, source)
+        logging.disable(logging.WARNING)  # "model producer not matched": tf2onnx, not PyTorch
+        optimized = optimize_model(str(source), model_type="bert_tf", num_heads=heads, hidden_size=hidden, opt_level=0)
+        print(name, "fusions:", {k: v for k, v in optimized.get_fused_operator_statistics().items() if v})
+        return optimized.model
+
+    return {"fp32 + ORT transformer optimizer": fused(model, "fp32"),
+            "int8 with a scale per token + ORT transformer optimizer": fused(onnx_graph.quantize_int8(model), "int8")}
+
+
 def variants(model, scratch: Path) -> dict:
     """name -> quantized ModelProto (plus the float32 original)."""
     import onnx
@@ -131,6 +151,7 @@ def main() -> None:
     parser.add_argument("model_dir", help="the model directory the ONNX file was exported from (for its test split)")
     parser.add_argument("onnx", help="its float32 model.onnx")
     parser.add_argument("--static", action="store_true", help="also static (calibrated) QDQ variants")
+    parser.add_argument("--fusions", action="store_true", help="also the float32 and tfkit int8 files after ORT's transformer optimizer")
     parser.add_argument("--out", default="benchmarks/results/ort_int8")
     args = parser.parse_args()
 
@@ -155,6 +176,8 @@ def main() -> None:
             calibration = [{k: v.numpy() for k, v in net.tokenizer.encode(tf.constant(val[s:s + 32])).items()}
                            for s in range(0, len(val), 32)]
             models |= static_variants(models["fp32"], scratch, calibration, net.tokenizer.max_length)
+        if args.fusions:
+            models |= fusion_variants(models["fp32"], scratch, net.arch["num_heads"], net.arch["hidden_dim"])
     singles = [{"token_ids": ids[i:i + 1, :n], "padding_mask": mask[i:i + 1, :n]} for i, n in enumerate(lengths)]
     fixed = [{"token_ids": np.full([1, 128], net.tokenizer.cls_id, np.int32), "padding_mask": np.ones([1, 128], np.int32)}]
     order = np.argsort(lengths, kind="stable")
