@@ -16,6 +16,11 @@ from tfkit.errors import TfkitError
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def sigint_as_default() -> None:
+    """Run in the child before exec: a shell's background job (`cmd &`) ignores SIGINT, and Python keeps an ignored SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def make_model_dir(path: Path, content: str = "old") -> Path:
     path.mkdir(parents=True)
     (path / "model.keras").write_text(content)
@@ -84,7 +89,8 @@ except KeyboardInterrupt:
 def test_an_interrupt_leaves_the_old_or_the_new_artifact(tmp_path, where, sig):
     make_model_dir(tmp_path / "out", "old")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen([sys.executable, "-c", SCRIPT, where], cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=env)
+    child = subprocess.Popen([sys.executable, "-c", SCRIPT, where], cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=env,
+                             preexec_fn=sigint_as_default)
     assert child.stdout.readline().strip() == ("inside" if where == "inside" else "swapped")
     child.send_signal(sig)
     child.wait(timeout=30)
@@ -124,7 +130,8 @@ def test_ctrl_c_during_training_keeps_the_previous_model(trained_teacher, tmp_pa
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen([sys.executable, "-m", "tfkit.cli", "train", "--data", sentiment_csv, "--pretrained", tiny_checkpoint,
                               "--out", str(out), "--epochs", "50", "--patience", "50", "--precision", "float32"],
-                             cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+                             cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                             preexec_fn=sigint_as_default)
     deadline = time.monotonic() + 240
     for line in child.stderr:
         if "training on" in line or time.monotonic() > deadline:
