@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+TFKIT = "int8 with a scale per token, nothing float32 (tfkit)"  # the export's own int8 (`onnx_graph.quantize_int8`)
 
 def risky_projections(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     """tfkit's float32 set under per-tensor scales: MatMul name -> (input, e.g. `transformer_layer_0 feedforward_output`).
@@ -94,12 +95,10 @@ def static_variants(model, scratch: Path, calibration: list[dict], max_length: i
             "static QDQ, entropy, everything int8": quantize("entropy", CalibrationMethod.Entropy)}
 
 
-def fusion_variants(model, scratch: Path, heads: int, hidden: int) -> dict:
+def fusion_variants(float32, int8, scratch: Path, heads: int, hidden: int) -> dict:
     """name -> the float32 file and tfkit's int8 file after `onnxruntime.transformers.optimizer` (BERT fusions)."""
     import onnx
     from onnxruntime.transformers.optimizer import optimize_model
-
-    from tfkit import onnx_graph
 
     def fused(m, name):
         source = scratch / f"fusions_{name}.onnx"
@@ -109,8 +108,8 @@ def fusion_variants(model, scratch: Path, heads: int, hidden: int) -> dict:
         print(name, "fusions:", {k: v for k, v in optimized.get_fused_operator_statistics().items() if v})
         return optimized.model
 
-    return {"fp32 + ORT transformer optimizer": fused(model, "fp32"),
-            "int8 with a scale per token + ORT transformer optimizer": fused(onnx_graph.quantize_int8(model), "int8")}
+    return {"fp32 + ORT transformer optimizer": fused(float32, "fp32"),
+            "int8 with a scale per token + ORT transformer optimizer": fused(int8, "int8")}
 
 
 def variants(model, scratch: Path) -> dict:
@@ -143,7 +142,7 @@ def variants(model, scratch: Path) -> dict:
             "int8, outputs + layer 0 FFN input float32 (tfkit before)": quantize("tfkit", tfkit_set),
             "int8, tfkit's set, per-tensor weights": quantize("tensor", tfkit_set, per_channel=False),
             "int8, outputs + every FFN input float32": quantize("all_ffn", lambda labels: labels),
-            "int8 with a scale per token, nothing float32 (tfkit)": onnx_graph.quantize_int8(model)}
+            TFKIT: onnx_graph.quantize_int8(model)}
 
 
 def main() -> None:
@@ -177,7 +176,7 @@ def main() -> None:
                            for s in range(0, len(val), 32)]
             models |= static_variants(models["fp32"], scratch, calibration, net.tokenizer.max_length)
         if args.fusions:
-            models |= fusion_variants(models["fp32"], scratch, net.arch["num_heads"], net.arch["hidden_dim"])
+            models |= fusion_variants(models["fp32"], models[TFKIT], scratch, net.arch["num_heads"], net.arch["hidden_dim"])
     singles = [{"token_ids": ids[i:i + 1, :n], "padding_mask": mask[i:i + 1, :n]} for i, n in enumerate(lengths)]
     fixed = [{"token_ids": np.full([1, 128], net.tokenizer.cls_id, np.int32), "padding_mask": np.ones([1, 128], np.int32)}]
     order = np.argsort(lengths, kind="stable")
