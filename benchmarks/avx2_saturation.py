@@ -1,5 +1,5 @@
 """What AVX2 would do to tfkit's ONNX int8 file: ONNX Runtime's uint8 x int8 kernel without VNNI (vpmaddubsw) saturates each
-sum of two adjacent products to int16; emulated here with ONNX's reference evaluator and a MatMulInteger that saturates.
+sum of two adjacent products to int16; emulated here with ONNX's reference evaluator and a MatMulIntegerToFloat that saturates.
 
 Label agreement with the float32 file, one test text at a time: ONNX Runtime on this machine, the reference evaluator
 exact, and the reference evaluator with saturation; and the share of pair sums that saturated.
@@ -32,8 +32,10 @@ def main() -> None:
 
     state = {"saturate": False, "saturated": 0, "pairs": 0}
 
-    class MatMulInteger(OpRun):
-        def _run(self, a, b, a_zero_point=None, b_zero_point=None):
+    class MatMulIntegerToFloat(OpRun):  # ONNX Runtime's operator, as tfkit's int8 file uses it
+        op_domain = "com.microsoft"
+
+        def _run(self, a, b, a_scale, b_scale, a_zero_point=None, b_zero_point=None, bias=None):
             a32, b32 = a.astype(np.int32), b.astype(np.int32)
             if state["saturate"]:
                 if a32.shape[-1] % 2:
@@ -49,7 +51,9 @@ def main() -> None:
                 product -= int(a_zero_point) * b.astype(np.int32).sum(0)
             if b_zero_point is not None and np.any(b_zero_point):
                 raise NotImplementedError("tfkit's int8 weights are symmetric")
-            return (product.astype(np.int32),)
+            if bias is not None:
+                raise NotImplementedError("tfkit adds biases after the row scales")
+            return ((product.astype(np.float32) * a_scale * b_scale).astype(np.float32),)
 
     export = Path(args.export_dir)
     with tempfile.TemporaryDirectory() as scratch:
@@ -57,7 +61,7 @@ def main() -> None:
     ids, mask, lengths = data["token_ids"], data["padding_mask"], data["lengths"]
     float32 = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
     int8 = ort.InferenceSession(str(export / "model_int8.onnx"), providers=["CPUExecutionProvider"])
-    reference = ReferenceEvaluator(onnx.load(export / "model_int8.onnx"), new_ops=[MatMulInteger])
+    reference = ReferenceEvaluator(onnx.load(export / "model_int8.onnx"), new_ops=[MatMulIntegerToFloat])
     labels = {name: [] for name in ("float32", "onnxruntime", "reference, exact", "reference, AVX2 saturation")}
     for i, n in enumerate(lengths):
         x = {"token_ids": ids[i:i + 1, :n], "padding_mask": mask[i:i + 1, :n]}

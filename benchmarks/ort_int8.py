@@ -10,10 +10,12 @@ uint8 activations with scales calibrated on 320 validation texts: min-max, the 9
 entropy). Reports label agreement with float32 on the test texts, in the gate's
 length-sorted batches of 32 (it needs 99%) and one text at a time,
 accuracy, size, and batch-1 p50 latency at natural length and at 128 tokens, one thread,
-interleaved over 3 rounds with `tfkit.timing.measure`.
+interleaved in short rounds with `tfkit.timing.measure` (25 texts and 4 calls at 128 tokens per variant a round, so
+every variant sees the same seconds of a noisy host; the speed-ups are medians of each round's own ratio).
 
     python benchmarks/ort_int8.py models/teacher export/teacher/model.onnx --out benchmarks/results/ort_int8_teacher
     python benchmarks/ort_int8.py models/student export/student/model.onnx --static --out benchmarks/results/ort_int8_static
+    python benchmarks/ort_int8.py models/student export/student/model.onnx --also "earlier=old/model_int8.onnx" --rounds 5
 """
 
 from __future__ import annotations
@@ -151,6 +153,9 @@ def main() -> None:
     parser.add_argument("onnx", help="its float32 model.onnx")
     parser.add_argument("--static", action="store_true", help="also static (calibrated) QDQ variants")
     parser.add_argument("--fusions", action="store_true", help="also the float32 and tfkit int8 files after ORT's transformer optimizer")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=FILE",
+                        help="also this ONNX file of the same network, e.g. an earlier export's model_int8.onnx (repeatable)")
+    parser.add_argument("--rounds", type=int, default=12, help="interleaved timing rounds (medians reported)")
     parser.add_argument("--out", default="benchmarks/results/ort_int8")
     args = parser.parse_args()
 
@@ -177,6 +182,7 @@ def main() -> None:
             models |= static_variants(models["fp32"], scratch, calibration, net.tokenizer.max_length)
         if args.fusions:
             models |= fusion_variants(models["fp32"], models[TFKIT], scratch, net.arch["num_heads"], net.arch["hidden_dim"])
+        models |= {name: onnx.load(file) for name, _, file in (also.partition("=") for also in args.also)}
     singles = [{"token_ids": ids[i:i + 1, :n], "padding_mask": mask[i:i + 1, :n]} for i, n in enumerate(lengths)]
     fixed = [{"token_ids": np.full([1, 128], net.tokenizer.cls_id, np.int32), "padding_mask": np.ones([1, 128], np.int32)}]
     order = np.argsort(lengths, kind="stable")
@@ -201,18 +207,23 @@ def main() -> None:
                       "agreement_one_text": float(np.mean(single[name] == single["fp32"])),
                       "accuracy": float(np.mean(labels[name] == net.labels)),
                       "mb": len(models[name].SerializeToString()) / 1e6, "natural": [], "length128": []} for name in models}
-    for _ in range(3):  # interleaved, so every variant sees the same minutes of a shared machine
+    for s in sessions.values():
+        measure(run(s), singles[:20] + fixed, iterations=21)
+    for k in range(args.rounds):  # short and interleaved: every variant sees the same seconds of a noisy host
+        texts = singles[25 * k % 300:][:25]
         for name, s in sessions.items():
-            results[name]["natural"].append(measure(run(s), singles[:300], warmup=20, iterations=300).stats()["p50"])
-            results[name]["length128"].append(measure(run(s), fixed, warmup=5, iterations=50).stats()["p50"])
+            results[name]["natural"].append(measure(run(s), texts, warmup=1, iterations=len(texts)).median)
+            results[name]["length128"].append(measure(run(s), fixed, warmup=1, iterations=4).median)
+    base_rounds = {key: np.array(results["fp32"][key]) for key in ("natural", "length128")}
     for r in results.values():
-        r["natural"], r["length128"] = float(np.median(r["natural"])), float(np.median(r["length128"]))
-    base = results["fp32"]
+        for key in ("natural", "length128"):
+            r[f"{key}_vs_fp32"] = float(np.median(base_rounds[key] / np.array(r[key])))  # each round's own ratio
+            r[f"{key}_rounds"], r[key] = r[key], float(np.median(r[key]))
     lines = ["| variant | agreement with fp32, batches of 32 (the gate) | one text at a time | accuracy | MB | p50 ms, natural | vs fp32 | p50 ms, 128 tokens | vs fp32 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {100 * r['agreement']:.2f}% | {100 * r['agreement_one_text']:.2f}% | {r['accuracy']:.4f} | {r['mb']:.1f} | {r['natural']:.2f} "
-                     f"| {base['natural'] / r['natural']:.2f}x | {r['length128']:.2f} | {base['length128'] / r['length128']:.2f}x |")
+                     f"| {r['natural_vs_fp32']:.2f}x | {r['length128']:.2f} | {r['length128_vs_fp32']:.2f}x |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")

@@ -183,7 +183,7 @@ def test_gate_names_file_metric_threshold_and_value(exported, classifier, tmp_pa
 
 
 def test_onnx_int8_quantizes_every_projection_and_scores_a_text_the_same_in_any_batch(exported, classifier):
-    """Every weight MatMul is int8, and a scale per token means a text's scores do not depend on its batch."""
+    """Every weight MatMul is int8 (Q, K and V quantize their input once), and a scale per token means a text's scores do not depend on its batch."""
     import onnx
     import onnxruntime as ort
 
@@ -195,7 +195,12 @@ def test_onnx_int8_quantizes_every_projection_and_scores_a_text_the_same_in_any_
     projections = [n for n in fp32.graph.node if n.op_type == "MatMul" and n.input[1] in constant(fp32)]
     assert len(projections) == 2 * 6 + 2  # 2 layers x (Q, K, V, attention output, FFN in, FFN out); pooler, logits
     assert not [n.name for n in int8.graph.node if n.op_type == "MatMul" and n.input[1] in constant(int8)]
-    assert sum(n.op_type == "MatMulInteger" for n in int8.graph.node) == len(projections)
+    int8_matmuls = [n for n in int8.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert len(int8_matmuls) == len(projections)
+    weight = {i.name: i for i in int8.graph.initializer}
+    assert all(weight[n.input[1]].data_type == onnx.TensorProto.INT8 for n in int8_matmuls)
+    # each input quantized once: a layer's Q, K and V read one
+    assert sum(n.op_type == "QuantizeLinear" for n in int8.graph.node) == len({n.input[0] for n in projections}) == 2 * 4 + 2
 
     session = ort.InferenceSession(str(out / "model_int8.onnx"), providers=["CPUExecutionProvider"])
     short = {k: v.numpy() for k, v in classifier.tokenizer.encode(["a good film"]).items()}
