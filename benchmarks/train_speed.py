@@ -16,6 +16,10 @@ every teacher row also times two validation passes (the first traces) against it
     python benchmarks/train_speed.py --steps 30 --repeats 2 --out benchmarks/results/train_speed.json
     python benchmarks/train_speed.py --configs probe --steps 30 --repeats 1 --out benchmarks/results/train_speed_probe.json
     python benchmarks/train_speed.py --configs levers --steps 40 --repeats 2 --out benchmarks/results/train_speed_levers.json
+    python benchmarks/train_speed.py --teacher models/teacher --configs student,student+bf16,student+xla,student+bf16+xla,student-auto,student-auto-cached \
+        --steps 30 --repeats 3 --out benchmarks/results/train_speed_student_auto.json
+
+The student-* rows distil from a trained teacher (`--teacher`, default models/teacher: what `tfkit run` writes).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pathlib import Path
 
 PEER = Path(os.environ.get("TFKIT_PEER", Path(__file__).resolve().parents[2] / "shared" / "peer"))  # ../shared/peer
 PEER_PYTHON = Path(os.environ.get("TMPDIR", "/tmp")) / "peer" / "venv" / "bin" / "python"
-STUDENT_TEACHER = os.environ.get("TFKIT_SPEED_TEACHER", "/work/realrun/models/teacher")  # read-only: a trained default teacher
+TEACHER_ENV = "TFKIT_SPEED_TEACHER"  # the trained teacher the student rows distil from (read only); --teacher sets it
 
 CONFIGS = {
     "fixed-64": dict(bucket=False),
@@ -99,7 +103,7 @@ def student_run(options: dict):
     from tfkit.preprocess import make_dataset
     from tfkit.student import student_shape, student_tokenizer, trim_vocab
 
-    config = DistillConfig(teacher=STUDENT_TEACHER, **{"precision": "float32", "jit": "off", **options})
+    config = DistillConfig(teacher=os.environ[TEACHER_ENV], **{"precision": "float32", "jit": "off", **options})
     keras.utils.set_random_seed(config.seed)
     teacher = Classifier.load(config.teacher)
     splits = teacher.splits()
@@ -241,22 +245,28 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(DEFAULT), help=f"names, or a group: {', '.join(GROUPS)}")
     parser.add_argument("--repeats", type=int, default=2, help="runs of every configuration, interleaved (median reported)")
     parser.add_argument("--out", default="benchmarks/results/train_speed.json")
+    parser.add_argument("--teacher", default=os.environ.get(TEACHER_ENV, "models/teacher"),
+                        help="a trained teacher for the student-* rows (default: $TFKIT_SPEED_TEACHER or models/teacher)")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
         print(json.dumps(tfkit_config(args.probe, args.steps)))
         return
-    from tfkit.devices import cpu_flags, cpu_model
-
     names = [n for part in args.configs.split(",") for n in GROUPS.get(part, [part])]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         parser.error(f"unknown configuration(s): {', '.join(unknown)} (choose from {', '.join(CONFIGS)})")
+    if any(n.startswith("student") for n in names):
+        if not (Path(args.teacher) / "config.json").is_file():
+            parser.error(f"the student rows need a trained teacher: no {args.teacher}/config.json (pass --teacher DIR)")
+        os.environ[TEACHER_ENV] = str(Path(args.teacher).resolve())  # the configurations' processes inherit it
     if not PEER_PYTHON.exists():
         skipped = [n for n in names if "peer" in CONFIGS[n]]
         names = [n for n in names if n not in skipped]
         if skipped:
             print(f"skipping {', '.join(skipped)}: no {PEER_PYTHON} (build it with ../shared/peer/setup.sh)", file=sys.stderr)
+    from tfkit.devices import cpu_flags, cpu_model
+
     scratch = tempfile.mkdtemp(prefix="train-speed-")
     samples, caches = {name: [] for name in names}, {}
     started, load = time.time(), os.getloadavg()
