@@ -256,7 +256,7 @@ def main() -> None:
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         parser.error(f"unknown configuration(s): {', '.join(unknown)} (choose from {', '.join(CONFIGS)})")
-    if any(n.startswith("student") for n in names):
+    if any(CONFIGS[n].get("student") for n in names):
         if not (Path(args.teacher) / "config.json").is_file():
             parser.error(f"the student rows need a trained teacher: no {args.teacher}/config.json (pass --teacher DIR)")
         os.environ[TEACHER_ENV] = str(Path(args.teacher).resolve())  # the configurations' processes inherit it
