@@ -62,10 +62,13 @@ CONFIGS = {
     "bucketed+bf16+input-own-thread": dict(bucket=True, precision="mixed_bfloat16", input="own-thread"),  # tf.data off the inter-op pool
     "bucketed+bf16+inter-op-4": dict(bucket=True, precision="mixed_bfloat16", inter_op=4),
     "bucketed+bf16+autotune": dict(bucket=True, precision="mixed_bfloat16", input="autotune"),  # tf.data's autotuner back on
+    "bucketed+bf16+keras-gelu": dict(bucket=True, precision="mixed_bfloat16", gelu="keras"),  # tf.nn.gelu in bf16 (before)
+    "bucketed+bf16+keras-gelu+keras-adamw": dict(bucket=True, precision="mixed_bfloat16", gelu="keras", optimizer="keras-adamw"),
+    "bucketed+keras-adamw": dict(bucket=True, optimizer="keras-adamw"),  # Keras' own AdamW update, unfused (before)
     "peer-fp32": dict(peer=[]),  # the PyTorch route, length-grouped, float32
     "peer-bf16": dict(peer=["--bf16"]),  # ... with bf16 autocast
 }
-LEVERS = {"steps_per_execution", "inter_op", "optimizer", "input"}  # set around `build`, not TrainConfig fields
+LEVERS = {"steps_per_execution", "inter_op", "optimizer", "input", "gelu"}  # set around `build`, not TrainConfig fields
 DEFAULT = ["fixed-64", "bucketed", "bucketed+bf16", "bucketed+2-devices", "bucketed+2-devices+tf-default-threads"]
 GROUPS = {"probe": ["bucketed", "bucketed+xla", "bucketed+bf16", "bucketed+bf16+xla", "auto", "auto-cached",
                     "student", "student+bf16", "student-auto", "student-auto-cached", "peer-fp32", "peer-bf16"],
@@ -129,6 +132,22 @@ def non_embedding_parameters(model) -> int:
     return int(sum(w.numpy().size for w in model.weights if "embedding" not in w.path and w.trainable))
 
 
+def use_tf_gelu() -> None:
+    """TensorFlow's own GELU at every dtype, as before tfkit computed bf16's in float32 (call before building)."""
+    import keras
+
+    import tfkit.backbone
+
+    tfkit.backbone.gelu = lambda x: keras.activations.gelu(x, approximate=False)
+
+
+def use_keras_adamw(model) -> None:
+    """The compiled model's optimizer (schedule, decay, exclusions) with Keras' own AdamW update, unfused (before)."""
+    import keras
+
+    model.optimizer.__class__ = keras.optimizers.AdamW
+
+
 def tfkit_config(name: str, steps: int) -> dict:
     """Runs in a fresh process: devices must be set before TensorFlow starts."""
     options = dict(CONFIGS[name])
@@ -143,12 +162,16 @@ def tfkit_config(name: str, steps: int) -> dict:
     if "inter_op" in levers:
         tf.config.threading.set_inter_op_parallelism_threads(levers["inter_op"])
     configure_devices(options.get("devices", 1), threads)
+    if levers.get("gelu") == "keras":
+        use_tf_gelu()
     model, train_ds, val_ds, config, build_seconds, parameters = (student_run if student else teacher_run)(options)
     model.steps_per_execution = levers.get("steps_per_execution", 1)
     if levers.get("optimizer") == "sgd":
         import keras
 
         model.optimizer = keras.optimizers.SGD(learning_rate=1e-6)
+    if levers.get("optimizer") == "keras-adamw":
+        use_keras_adamw(model)
     if levers.get("input") in ("own-thread", "autotune"):
         data_options = tf.data.Options()
         if levers["input"] == "own-thread":  # tf.data's work on a thread of its own, not the inter-op pool the step uses

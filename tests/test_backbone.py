@@ -51,6 +51,29 @@ def test_exact_gelu_survives_save_and_load(tiny_checkpoint, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_bf16_gelu_is_exact_gelu_and_its_gradient_and_float32_keeps_tensorflows_op():
+    """bf16 GELU (computed in float32, its own gradient) against float64 exact GELU; float32 (every export) unchanged."""
+    from tfkit.backbone import gelu
+
+    x64 = tf.constant(np.linspace(-6, 6, 2001), tf.float64)
+    def value_and_grad(f, x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = f(x)
+        return y, tape.gradient(y, x, output_gradients=tf.fill(tf.shape(y), tf.constant(0.75, y.dtype)))
+    ref, ref_grad = value_and_grad(lambda x: tf.nn.gelu(x, approximate=False), x64)
+    x16 = tf.cast(x64, tf.bfloat16)
+    y, grad = value_and_grad(gelu, x16)
+    assert y.dtype == grad.dtype == tf.bfloat16
+    exact, exact_grad = value_and_grad(lambda x: tf.nn.gelu(x, approximate=False), tf.cast(x16, tf.float64))  # at the bf16 inputs
+    assert np.abs(tf.cast(y, tf.float64) - exact).max() <= 2 ** -8 * np.abs(exact).max()  # bf16's rounding
+    assert np.abs(tf.cast(grad, tf.float64) - exact_grad).max() < 1e-2
+    assert np.abs(tf.cast(y, tf.float64) - ref).max() < 0.05  # and it is GELU, not some other curve
+    x32 = tf.cast(x64, tf.float32)
+    np.testing.assert_array_equal(gelu(x32), keras.activations.gelu(x32, approximate=False))
+    np.testing.assert_array_equal(value_and_grad(gelu, x32)[1], value_and_grad(lambda x: tf.nn.gelu(x, approximate=False), x32)[1])
+
+
 def test_float32_islands_keep_all_but_the_matmuls_in_float32(tiny_checkpoint, tmp_path, monkeypatch):
     """With FLOAT32_ISLANDS, mixed_bfloat16 keeps the residual stream, LayerNorm and softmax in float32 (as
     PyTorch's autocast), after a reload too; without it (the default) Keras' plain mixed policy runs."""

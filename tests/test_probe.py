@@ -289,7 +289,9 @@ def test_bf16_training_of_a_tiny_model_stays_close_to_float32(tiny_checkpoint, s
     f32, bf16 = np.array(losses["float32"]), np.array(losses["mixed_bfloat16"])
     assert f32[-10:].mean() < 0.8 * f32[:10].mean(), "float32 did not learn: the comparison means nothing"
     assert np.all(np.isfinite(bf16)) and abs(bf16[-10:].mean() - f32[-10:].mean()) < 0.05 + 0.1 * f32[-10:].mean()
-    assert np.abs(bf16 - f32).max() < 0.25
+    # Step by step the two track each other; a single step may spike (0.16-0.42 at some step over seeds 0-3 of
+    # this run, before and after the bf16 GELU change) and recover, so the typical step is what is bounded.
+    assert np.median(np.abs(bf16 - f32)) < 0.01
 
 
 def test_a_bf16_student_is_recorded_and_its_export_verifies(quick_probe, trained_teacher, tmp_path, monkeypatch):

@@ -10,11 +10,13 @@ checkpoint's `tokenizer_config.json`.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
 import keras
 import keras_hub
+import tensorflow as tf
 from safetensors import SafetensorError
 from keras_hub.src.utils.keras_utils import gelu_approximate
 
@@ -29,8 +31,32 @@ from tfkit.preprocess import WordPieceTokenizer, read_vocab
 FLOAT32_ISLANDS = False
 
 
+@tf.custom_gradient
+def _gelu_in_float32(x):
+    """Exact GELU of a bf16/fp16 tensor computed in float32, with its gradient as one expression.
+
+    TensorFlow's CPU kernels run bfloat16 elementwise ops several times slower than float32 ones:
+    `tf.nn.gelu` (erfc) and the Mul/Square/Exp chain of its gradient were a quarter of a bf16 teacher
+    step on an AMX CPU; this form costs a third of that (benchmarks/README.md, "GELU and AdamW under bf16").
+    """
+    y = tf.cast(x, tf.float32)
+    cdf = 0.5 * (1.0 + tf.math.erf(y * (1.0 / math.sqrt(2.0))))
+
+    def grad(upstream):
+        pdf = tf.exp(-0.5 * tf.square(y)) * (1.0 / math.sqrt(2.0 * math.pi))
+        return tf.cast(tf.cast(upstream, tf.float32) * (cdf + y * pdf), x.dtype)
+
+    return tf.cast(y * cdf, x.dtype), grad
+
+
+def gelu(x):
+    """Exact (erf) GELU, as HF BERT; float32 graphs (every export) keep TensorFlow's own op."""
+    x = tf.convert_to_tensor(x)
+    return keras.activations.gelu(x, approximate=False) if x.dtype in (tf.float32, tf.float64) else _gelu_in_float32(x)
+
+
 def _activation(name: str):
-    return gelu_approximate if name == "gelu_approximate" else keras.activations.get(name)
+    return {"gelu": gelu, "gelu_approximate": gelu_approximate}.get(name) or keras.activations.get(name)
 
 
 @keras.saving.register_keras_serializable(package="tfkit")

@@ -76,10 +76,34 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
 
 
+@keras.saving.register_keras_serializable(package="tfkit")
+class FusedAdamW(keras.optimizers.AdamW):
+    """Keras' AdamW whose update runs as TensorFlow's fused `ResourceApplyAdam` kernel.
+
+    Keras' Adam step is a chain of elementwise ops, each a pass over every weight; the kernel is
+    one pass with the same formula and the same slot variables (checkpoints are interchangeable).
+    An embedding's sparse gradient (whose moments Keras updates only in the rows it touches) and
+    AMSGrad keep Keras' own update.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
+            return super().update_step(gradient, variable, learning_rate)
+        index = self._get_variable_index(variable)
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        handle = lambda v: (v.value if isinstance(v, keras.Variable) else v).handle
+        tf.raw_ops.ResourceApplyAdam(
+            var=handle(variable), m=handle(self._momentums[index]), v=handle(self._velocities[index]),
+            beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step), lr=tf.cast(learning_rate, dtype),
+            beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
+
+
 def make_optimizer(learning_rate: float, total_steps: int, warmup_ratio: float = 0.1, weight_decay: float = 0.01):
     """AdamW on the warmup/decay schedule; biases and LayerNorm weights are not decayed (as in BERT)."""
     schedule = WarmupLinearDecay(learning_rate, total_steps, int(warmup_ratio * total_steps))
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay, clipnorm=1.0)
+    optimizer = FusedAdamW(learning_rate=schedule, weight_decay=weight_decay, clipnorm=1.0)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
 

@@ -40,7 +40,7 @@ MIN_TIMED_STEPS = 4  # ... but at least this many
 PAYBACK = 4  # probe only runs of at least this many times the probe's own steps; shorter ones take the static default
 RTOL, ATOL = 0.05, 0.02  # a candidate's loss vs float32's after the same steps on the same batches
 LOSS_WINDOW = 4  # the loss compared is the mean over the last this many of those steps
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: bf16 GELU computed in float32 and the fused AdamW changed every candidate's speed
 # XLA allocates a train step's buffers at once; where that would take over this share of the memory
 # free, its candidates are not tried (an XLA step asked for 10.6 GiB at 512 tokens and the process died).
 XLA_MEMORY_SHARE = 0.25
