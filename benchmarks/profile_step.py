@@ -2,7 +2,7 @@
 
 One batch of 32 texts at 64 tokens from the default data, the model and optimizer `tfkit train` builds,
 one device. Times the forward pass, forward + backward, the whole step and the optimizer's update alone
-(10 calls each after 3), then runs 5 steps under TensorFlow's profiler and sums each op type's self time,
+(the median of 10 calls each after 3), then runs 5 steps under TensorFlow's profiler and sums each op type's self time,
 and each part of the network (GELU, dropout, LayerNorm, softmax, matmuls, the optimizer) by op name.
 
     python benchmarks/profile_step.py --precision mixed_bfloat16 --out benchmarks/results/profile_step_bf16.json
@@ -30,17 +30,16 @@ PARTS = {"gelu": r"/Gelu|intermediate_dense[_0-9]*/(Erf|Cast|mul|add|IdentityN)"
 
 
 def timed(fn, calls: int = 10) -> float:
-    """Milliseconds a call, after 3 untimed calls (tracing)."""
+    """Median milliseconds a call after 3 untimed calls (tracing), each call waited for (`tfkit.timing.measure`)."""
     import tensorflow as tf
 
-    for _ in range(3):
-        fn()
-    start = time.perf_counter()
-    for _ in range(calls):
-        out = fn()
-    for tensor in tf.nest.flatten(out, expand_composites=True):  # wait for every output (a gradient list too)
-        getattr(tensor, "numpy", lambda: None)()
-    return (time.perf_counter() - start) / calls * 1000
+    from tfkit.timing import measure
+
+    def call(_):
+        for tensor in tf.nest.flatten(fn(), expand_composites=True):  # every output, a gradient list too
+            getattr(tensor, "numpy", lambda: None)()
+
+    return measure(call, warmup=3, iterations=calls).median
 
 
 def op_stats(logdir: str, steps: int) -> dict:
@@ -102,7 +101,7 @@ def main() -> None:
 
     forward = tf.function(loss)
     backward = tf.function(gradients)
-    grads = tf.function(lambda: gradients()[1])()
+    grads = backward()[1]
     update = tf.function(lambda: optimizer.apply(grads, model.trainable_variables))
     ms = {"forward": timed(forward), "forward_backward": timed(backward), "step": timed(step), "optimizer": timed(update)}
     with tempfile.TemporaryDirectory() as logdir:
